@@ -1,0 +1,23 @@
+"""Where each stage reads and writes, relative to the repo root (mirrors dvc.yaml)."""
+
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+PREPARED = Path("data/prepared")
+CROPS = Path("data/crops")
+RECOGNIZER_MODELS = Path("models/recognizer")
+METRICS = Path("metrics")
+RECOGNIZER_METRICS = METRICS / "recognizer"
+
+
+def annotations_file(root: Path, split: str) -> Path:
+    return root / "annotations" / f"{split}.json"
+
+
+def card_file(root: Path = PREPARED) -> Path:
+    return root / "card.json"
+
+
+def recognizer_cell(variant: str, seed: int) -> str:
+    """The DVC matrix cell key (train_recognizer@<variant>-<seed>) and its output folder name."""
+    return f"{variant}-{seed}"

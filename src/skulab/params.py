@@ -1,0 +1,274 @@
+"""The params.yaml schema (pydantic) and its one-line error messages.
+
+Every knob lives in params.yaml, so the schema has no defaults: a missing key is an error, not a
+silent fallback. Each stage validates the sections it reads; `skulab check` validates them all.
+"""
+
+import json
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from skulab.errors import SkulabError
+from skulab.recognition.augment import AUGMENTS
+from skulab.recognition.backbones import BACKBONES
+from skulab.recognition.losses import LOSSES, uses_metric_loss
+from skulab.recognition.optimizers import OPTIMIZERS
+from skulab.recognition.schedules import SCHEDULES
+
+PARAMS_FILE = "params.yaml"
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _choice(kind: str, table: dict):
+    def check(value: str) -> str:
+        if value not in table:
+            raise ValueError(f"unknown {kind} '{value}'; allowed: {', '.join(table)}")
+        return value
+
+    return check
+
+
+class MlflowParams(Strict):
+    experiment: Name
+
+
+class SplitCounts(Strict):
+    train: int = Field(ge=1)
+    val: int = Field(ge=1)
+    test: int = Field(ge=1)
+
+
+class SyntheticParams(Strict):
+    num_classes: int = Field(ge=2, le=500)
+    lookalike_group_size: int = Field(ge=1, le=6, description="SKUs sharing package shape and palette")
+    scenes: SplitCounts
+    width: int = Field(ge=128, le=4096)
+    height: int = Field(ge=128, le=4096)
+    shelf_rows: int = Field(ge=1, le=8)
+    occlusion_prob: Fraction
+    max_blur: float = Field(ge=0, le=5)
+    lighting: float = Field(ge=0, le=0.9, description="max brightness change, as a fraction")
+
+
+class PrepareParams(Strict):
+    source: Literal["synthetic"]
+    seed: int = Field(ge=0)
+    synthetic: SyntheticParams
+
+
+class CropParams(Strict):
+    padding: float = Field(ge=0, le=0.5, description="context added around each box, as a fraction of its size")
+    min_box_size: int = Field(ge=1, description="boxes smaller than this (px) are counted and not cropped")
+
+
+class RecognizerConfig(Strict):
+    """One recognizer training configuration: base merged with a variant's overrides."""
+
+    backbone: Annotated[str, AfterValidator(_choice("backbone", BACKBONES))]
+    pretrained: str = Field(description="none | imagenet | path to a local state dict")
+    embedding_dim: int = Field(ge=8, le=4096)
+    image_size: int = Field(ge=32, le=512)
+    optimizer: Annotated[str, AfterValidator(_choice("optimizer", OPTIMIZERS))]
+    lr: float = Field(gt=0, le=10)
+    weight_decay: float = Field(ge=0, le=1)
+    betas: tuple[Fraction, Fraction]
+    momentum: float = Field(ge=0, lt=1)
+    lookahead_k: int = Field(ge=1)
+    lookahead_alpha: float = Field(gt=0, le=1)
+    loss: dict[str, float] = Field(min_length=1)
+    label_smoothing: float = Field(ge=0, lt=1)
+    triplet_margin: float = Field(ge=0)
+    triplet_soft_margin: bool
+    ms_alpha: float = Field(gt=0)
+    ms_beta: float = Field(gt=0)
+    ms_base: float = Field(ge=0, le=1)
+    ms_miner_epsilon: float = Field(ge=0)
+    sampler_k: int = Field(ge=2, description="instances per class in a PK batch when a metric loss is on")
+    schedule: Annotated[str, AfterValidator(_choice("schedule", SCHEDULES))]
+    warmup_epochs: float = Field(ge=0)
+    warmup_method: Literal["linear", "constant"]
+    warmup_factor: float = Field(gt=0, le=1)
+    milestones: list[float]
+    gamma: float = Field(gt=0, le=1)
+    end_lr_factor: Fraction
+    augment: Annotated[str, AfterValidator(_choice("augmentation", AUGMENTS))]
+    epochs: int = Field(ge=1, le=10000)
+    batch_size: int = Field(ge=2, le=4096)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, loss: dict[str, float]) -> dict[str, float]:
+        for name, weight in loss.items():
+            _choice("loss", LOSSES)(name)
+            if weight < 0:
+                raise ValueError(f"weight of '{name}' must be >= 0, got {weight}")
+        if not any(w > 0 for w in loss.values()):
+            raise ValueError("at least one loss needs a weight > 0")
+        return loss
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, value: str, info: ValidationInfo) -> str:
+        root = Path((info.context or {}).get("root", "."))
+        if value not in ("none", "imagenet") and not (root / value).is_file():
+            raise ValueError(f"must be none, imagenet or an existing weights file; '{value}' not found")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.milestones != sorted(self.milestones) or any(
+            not self.warmup_epochs < m < self.epochs for m in self.milestones
+        ):
+            raise ValueError(
+                f"milestones {self.milestones} must be increasing and between warmup_epochs and epochs"
+            )
+        if uses_metric_loss(self.loss) and self.batch_size % self.sampler_k:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of sampler_k ({self.sampler_k}) "
+                "for the PK sampler a metric loss needs"
+            )
+        return self
+
+
+class RecognizerParams(Strict):
+    base: dict[str, Any]
+    variants: dict[Name, dict[str, Any]] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {seeds}")
+        return seeds
+
+    def resolve(self, variant: str) -> RecognizerConfig:
+        """The base merged with one variant's overrides (already validated by load_params)."""
+        return RecognizerConfig.model_validate({**self.base, **(self.variants[variant] or {})})
+
+
+class EvaluateParams(Strict):
+    rank_by: Literal["test_top1", "test_proto_acc", "test_precision_at_1", "test_map_at_r"]
+
+
+class Params(Strict):
+    mlflow: MlflowParams
+    prepare: PrepareParams
+    crop: CropParams
+    recognizer: RecognizerParams
+    evaluate: EvaluateParams
+
+
+def _format_error(err: dict, prefix: tuple = ()) -> str:
+    loc = ".".join(str(part) for part in (*prefix, *err["loc"]))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "missing key"
+    elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _raise(source: str, errors: list[str]):
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise SkulabError(f"{source}: {errors[0]}{more}")
+
+
+def _validate_variants(recognizer: RecognizerParams, source: str, context: dict) -> None:
+    errors = []
+    try:
+        RecognizerConfig.model_validate(recognizer.base, context=context)
+    except ValidationError as exc:
+        errors += [_format_error(e, ("recognizer", "base")) for e in exc.errors()]
+    if errors:
+        _raise(source, errors)
+    for name, override in recognizer.variants.items():
+        override = override or {}
+        try:
+            RecognizerConfig.model_validate({**recognizer.base, **override}, context=context)
+        except ValidationError as exc:
+            for e in exc.errors():
+                # Blame the variant when it set the key (or added an unknown one), else the base.
+                key = e["loc"][0] if e["loc"] else None
+                where = ("recognizer", "variants", name) if key in override or not e["loc"] else ("recognizer", "base")
+                errors.append(_format_error(e, where))
+    if errors:
+        _raise(source, errors)
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SkulabError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SkulabError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SkulabError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None = None) -> Params:
+    """Validate params.yaml (or only `sections` of it, as a stage does) and return it typed.
+
+    Sections not asked for are left unvalidated and absent from the result.
+    """
+    path = Path(path)
+    data = read_params_file(path)
+    fields = Params.model_fields
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        _raise(path, [f"{unknown[0]}: unknown section; allowed: {', '.join(fields)}"])
+    wanted = sections or tuple(fields)
+    context = {"root": path.parent}
+    errors, values = [], {}
+    for name in wanted:
+        if name not in data:
+            errors.append(f"{name}: missing section")
+            continue
+        try:
+            values[name] = fields[name].annotation.model_validate(data[name], context=context)
+        except ValidationError as exc:
+            errors += [_format_error(e, (name,)) for e in exc.errors()]
+    if errors:
+        _raise(path, errors)
+    if "recognizer" in values:
+        _validate_variants(values["recognizer"], str(path), context)
+    return Params.model_construct(**values)
+
+
+def params_hash(obj: Any) -> str:
+    """A short stable hash of params (pydantic models or plain data), for tags and resume checks."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as values (MLflow params are flat)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    flat = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return flat

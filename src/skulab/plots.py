@@ -1,0 +1,49 @@
+"""PNG plots next to the tables: training curves per cell and the ablation summary."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from skulab.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """Loss, learning rate and accuracies per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    loss_keys = [k for k in history[0] if k.startswith("train_loss")]
+    for key in loss_keys:
+        axes[0].plot(epochs, [row[key] for row in history], label=key.removeprefix("train_"))
+    axes[0].set_title("train loss")
+    axes[1].plot(epochs, [row["lr"] for row in history])
+    axes[1].set_title("learning rate (epoch start)")
+    for key in ("train_acc", "val_top1", "val_proto_acc", "val_precision_at_1", "val_map_at_r"):
+        if key in history[0]:
+            axes[2].plot(epochs, [row[key] for row in history], label=key)
+    axes[2].set_title("accuracy")
+    axes[2].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_summary(stats: dict[str, dict], label: str, path: Path) -> None:
+    """Mean +- std over seeds per variant (name -> {"mean", "std"}), best on top."""
+    names = sorted(stats, key=lambda name: stats[name]["mean"])
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    ax.barh(names, [stats[n]["mean"] for n in names], xerr=[stats[n]["std"] for n in names], color="#4c72b0")
+    ax.set_xlabel(f"{label} (mean +- std over seeds)")
+    ax.set_xlim(0, 1)
+    _save(fig, path)

@@ -1,0 +1,1 @@
+"""Recognizer: one module per ablation axis (backbones, losses, optimizers, schedules, augment)."""

@@ -1,0 +1,61 @@
+"""Per-cell evaluation: top-1, nearest-prototype accuracy, and retrieval (precision@1, mAP@R).
+
+The gallery is the train split (the known products); queries are val or test crops. Metric-only
+heads have no trained classifier, so their accuracy is the nearest-prototype one.
+"""
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+
+@torch.no_grad()
+def embed(model, images: torch.Tensor, transform, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Post-BNNeck features and logits for uint8 images, in eval mode."""
+    model.eval()
+    features, logits = [], []
+    for start in range(0, len(images), batch_size):
+        batch = transform(images[start : start + batch_size])
+        out = model(batch)
+        features.append(out.feature)
+        logits.append(out.logits)
+    return torch.cat(features), torch.cat(logits)
+
+
+def prototype_predictions(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: torch.Tensor, num_classes: int):
+    """Class of the nearest class-mean (cosine) of the gallery embeddings."""
+    gallery = F.normalize(gallery, dim=1)
+    prototypes = torch.zeros(num_classes, gallery.shape[1]).index_add_(0, gallery_labels, gallery)
+    prototypes = F.normalize(prototypes, dim=1)
+    return (F.normalize(queries, dim=1) @ prototypes.T).argmax(dim=1)
+
+
+_retrieval = AccuracyCalculator(
+    include=("precision_at_1", "mean_average_precision_at_r"),
+    k="max_bin_count",
+    knn_func=CustomKNN(CosineSimilarity()),
+)
+
+
+def score(gallery, gallery_labels, queries, query_logits, query_labels, num_classes: int, has_classifier: bool) -> dict:
+    retrieval = _retrieval.get_accuracy(queries, query_labels, gallery, gallery_labels, ref_includes_query=False)
+    proto = prototype_predictions(gallery, gallery_labels, queries, num_classes)
+    metrics = {
+        "proto_acc": (proto == query_labels).float().mean().item(),
+        "precision_at_1": float(retrieval["precision_at_1"]),
+        "map_at_r": float(retrieval["mean_average_precision_at_r"]),
+    }
+    if has_classifier:
+        metrics["top1"] = (query_logits.argmax(dim=1) == query_labels).float().mean().item()
+    return metrics
+
+
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    result = {}
+    for index, name in enumerate(class_names):
+        mask = labels == index
+        if mask.any():
+            result[name] = (predictions[mask] == index).float().mean().item()
+    return result

@@ -1,0 +1,221 @@
+"""Train one recognizer cell (variant x seed): select on val, report on test, resume from last.pt.
+
+A checkpoint is only resumed when its fingerprint (config, seed, crops) matches, so a stale
+checkpoint from an edited variant is never continued. RNG states are checkpointed too, so an
+interrupted and resumed run ends with the same metrics as an uninterrupted one.
+"""
+
+import csv
+import io
+import random
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from skulab.io import atomic_path, write_json_atomic, write_text_atomic
+from skulab.params import RecognizerConfig, params_hash
+from skulab.recognition import evaluation
+from skulab.recognition.augment import eval_transform, train_transform
+from skulab.recognition.data import CropSet, TransformedCrops, load_split
+from skulab.recognition.head import Recognizer
+from skulab.recognition.losses import WeightedLoss, uses_classifier, uses_metric_loss
+from skulab.recognition.optimizers import create_optimizer
+from skulab.recognition.sampler import pk_sampler
+from skulab.recognition.schedules import create_schedule
+from skulab.plots import plot_history
+
+EVAL_SPLITS = ("val", "test")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _rng_state(loader_generator: torch.Generator) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class CellTrainer:
+    def __init__(self, config: RecognizerConfig, seed: int, crops: Path, model_dir: Path, metrics_dir: Path):
+        self.config, self.seed = config, seed
+        self.crops, self.model_dir, self.metrics_dir = crops, model_dir, metrics_dir
+        manifest = crops / "manifest.csv"
+        crops_hash = params_hash(manifest.read_text()) if manifest.is_file() else "none"
+        self.fingerprint = params_hash({"config": config, "seed": seed, "crops": crops_hash})
+        self.has_classifier = uses_classifier(config.loss)
+
+    @property
+    def last_path(self) -> Path:
+        return self.model_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.model_dir / "best.pt"
+
+    def resumable(self) -> dict | None:
+        """The last checkpoint if it belongs to this exact cell, else None (it will be overwritten)."""
+        if not self.last_path.is_file():
+            return None
+        checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        return checkpoint if checkpoint.get("fingerprint") == self.fingerprint else None
+
+    def _loader(self, train: CropSet, generator: torch.Generator) -> DataLoader:
+        cfg = self.config
+        dataset = TransformedCrops(train, train_transform(cfg.augment, cfg.image_size))
+        if uses_metric_loss(cfg.loss):
+            sampler = pk_sampler(train.labels, train.class_names, cfg.batch_size, cfg.sampler_k)
+            return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
+
+    def _evaluate(self, model, train: CropSet, query: CropSet) -> tuple[dict, torch.Tensor]:
+        transform = eval_transform(self.config.image_size)
+        gallery, _ = evaluation.embed(model, train.images, transform)
+        features, logits = evaluation.embed(model, query.images, transform)
+        num_classes = len(train.class_names)
+        metrics = evaluation.score(
+            gallery, train.labels, features, logits, query.labels, num_classes, self.has_classifier
+        )
+        predictions = (
+            logits.argmax(dim=1)
+            if self.has_classifier
+            else evaluation.prototype_predictions(gallery, train.labels, features, num_classes)
+        )
+        return metrics, predictions
+
+    def selection_metric(self) -> str:
+        return "val_top1" if self.has_classifier else "val_proto_acc"
+
+    def fit(self, run_id: str, checkpoint: dict | None = None, stop_after_epochs: int | None = None) -> dict | None:
+        """Train (or resume `checkpoint`) to the configured epochs; return final metrics, or None if stopped early."""
+        cfg = self.config
+        seed_everything(self.seed)
+        storage = round(cfg.image_size * 1.15)
+        splits = {split: load_split(self.crops, split, storage) for split in ("train", *EVAL_SPLITS)}
+        train = splits["train"]
+        model = Recognizer(cfg.backbone, len(train.class_names), cfg.embedding_dim, cfg.pretrained)
+        generator = torch.Generator().manual_seed(self.seed)
+        loader = self._loader(train, generator)
+        optimizer = create_optimizer(model.parameters(), cfg)
+        scheduler = create_schedule(optimizer, cfg, len(loader))
+        criterion = WeightedLoss(cfg)
+        start_epoch, history, best = 0, [], {"value": -1.0, "epoch": -1}
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            start_epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
+            _set_rng_state(checkpoint["rng"], generator)
+            tqdm.write(f"resuming from {self.last_path} at epoch {start_epoch}")
+
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        select = self.selection_metric()
+        epochs = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
+        for epoch in epochs:
+            started = time.perf_counter()
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **self._train_epoch(model, loader, optimizer, scheduler, criterion)}
+            val_metrics, _ = self._evaluate(model, train, splits["val"])
+            row.update({f"val_{k}": v for k, v in val_metrics.items()})
+            row["epoch_seconds"] = time.perf_counter() - started
+            history.append(row)
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            epochs.set_postfix(loss=f"{row['train_loss']:.3f}", **{select: f"{row[select]:.3f}"})
+            if row[select] > best["value"]:
+                best = {"value": row[select], "epoch": epoch + 1}
+                _save({"model": model.state_dict(), "epoch": epoch + 1, "config": cfg.model_dump(), "class_names": train.class_names}, self.best_path)
+            _save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "best": best,
+                    "rng": _rng_state(generator),
+                    "fingerprint": self.fingerprint,
+                    "run_id": run_id,
+                },
+                self.last_path,
+            )
+            self._write_history(history)
+            if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < cfg.epochs:
+                return None
+        return self._finish(model, splits, history, best, run_id)
+
+    def _train_epoch(self, model, loader, optimizer, scheduler, criterion) -> dict:
+        model.train()
+        total, terms, correct, seen = 0.0, {}, 0, 0
+        for images, labels in tqdm(loader, desc="train", unit="batch", leave=False):
+            out = model(images)
+            loss, parts = criterion(out, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(labels)
+            for name, value in parts.items():
+                terms[name] = terms.get(name, 0.0) + value * len(labels)
+            correct += (out.logits.argmax(dim=1) == labels).sum().item()
+            seen += len(labels)
+        row = {"train_loss": total / seen, **{f"train_loss_{k}": v / seen for k, v in terms.items()}}
+        if self.has_classifier:
+            row["train_acc"] = correct / seen
+        return row
+
+    def _write_history(self, history: list[dict]) -> None:
+        fields = list(dict.fromkeys(key for row in history for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_dir / "history.csv", buffer.getvalue())
+
+    def _finish(self, model, splits, history, best, run_id) -> dict:
+        best_state = torch.load(self.best_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(best_state["model"])
+        test_metrics, predictions = self._evaluate(model, splits["train"], splits["test"])
+        test = splits["test"]
+        best_row = history[best["epoch"] - 1]
+        final = {
+            "best_epoch": best["epoch"],
+            "run_id": run_id,
+            **{f"test_{k}": v for k, v in test_metrics.items()},
+            **{k: v for k, v in best_row.items() if k.startswith("val_")},
+            "train_seconds": sum(row["epoch_seconds"] for row in history),
+        }
+        per_class = evaluation.per_class_accuracy(predictions, test.labels, test.class_names)
+        mlflow.log_metrics({k: v for k, v in final.items() if k.startswith("test_")})
+        mlflow.log_metric("best_epoch", best["epoch"])
+        write_json_atomic(self.metrics_dir / "final.json", final)
+        write_json_atomic(self.metrics_dir / "per_class.json", {"test_accuracy": per_class})
+        plot_history(history, self.metrics_dir / "curves.png", title=self.metrics_dir.name)
+        for path in (self.metrics_dir / "final.json", self.metrics_dir / "per_class.json", self.metrics_dir / "history.csv", self.metrics_dir / "curves.png"):
+            mlflow.log_artifact(str(path), artifact_path="metrics")
+        mlflow.log_artifact(str(self.best_path), artifact_path="checkpoints")
+        mlflow.log_artifact(str(self.last_path), artifact_path="checkpoints")
+        return final

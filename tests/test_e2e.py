@@ -1,0 +1,107 @@
+"""The whole DVC pipeline on a tiny params override, in a temporary copy of the repo."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import REPO, TINY, deep_merge, repo_params, write_params
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, check=True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(repo / "params.yaml", deep_merge(repo_params(), TINY))
+    (repo / ".gitignore").write_text("mlflow.db\n.mlflow.lock\nmlartifacts/\n")
+    _run(["git", "init", "-q"], repo)
+    _run([BIN / "dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    first = _run([BIN / "dvc", "repro"], repo)
+    return repo, first
+
+
+def test_first_repro_runs_every_stage(pipeline):
+    repo, first = pipeline
+    for stage in ("prepare", "crop", "train_recognizer@baseline-0", "train_recognizer@triplet-1", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert set(summary["variants"]) == {"baseline", "triplet"}
+    assert set(summary["variants"]["baseline"]["runs"]) == {"0", "1"}
+    assert "test_top1" not in summary["variants"]["triplet"]  # metric-only head: no classifier accuracy
+    assert 0 <= summary["variants"]["baseline"]["test_top1"]["mean"] <= 1
+    assert "| baseline |" in (repo / "metrics/summary.md").read_text()
+    assert (repo / "models/recognizer/baseline-0/best.pt").is_file()
+    shown = _run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
+    assert "metrics/summary.json" in shown and "metrics/recognizer/triplet-0/final.json" in shown
+
+
+def test_nothing_to_do_after_repro(pipeline):
+    repo, _ = pipeline
+    assert "up to date" in _run([BIN / "dvc", "status"], repo).stdout
+    again = _run([BIN / "dvc", "repro"], repo).stdout
+    assert "Running stage" not in again
+
+
+def test_mlflow_has_one_tagged_run_per_cell(pipeline):
+    repo, _ = pipeline
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["skulab"])
+    stages = sorted(runs["tags.dvc.stage"])
+    cells = [f"train_recognizer@{v}-{s}" for v in ("baseline", "triplet") for s in (0, 1)]
+    assert stages == sorted(["prepare", "crop", "evaluate", *cells])
+    assert (runs["tags.mlflow.runName"] == runs["tags.dvc.stage"]).all()
+    card_hash = json.loads((repo / "data/prepared/card.json").read_text())["hash"]
+    trained = runs[runs["tags.dvc.stage"].str.startswith("train_recognizer@")]
+    assert (trained["tags.dataset.hash"] == card_hash).all()
+    assert trained["tags.git.commit"].str.fullmatch(r"[0-9a-f]{40}").all()
+    assert trained["tags.git.dirty"].isin(["true", "false"]).all()
+    assert trained["tags.params.hash"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert trained["tags.params.hash"].nunique() == 4
+    assert (trained["params.lr"] == str(repo_params()["recognizer"]["base"]["lr"])).all()
+    assert trained["metrics.test_proto_acc"].notna().all()
+
+
+def test_editing_one_variant_reruns_only_its_cells(pipeline):
+    repo, _ = pipeline
+    params = deep_merge(repo_params(), TINY)
+    params["recognizer"]["variants"]["baseline"] = {"lr": 0.0005}
+    write_params(repo / "params.yaml", params)
+    status = _run([BIN / "dvc", "status"], repo).stdout
+    changed = set(re.findall(r"^(\S+):\s*$", status, flags=re.M))
+    assert changed == {"train_recognizer@baseline-0", "train_recognizer@baseline-1"}, status
+    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", rerun))
+    assert ran == {"train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate"}
+
+
+def test_bad_params_fail_the_stage_with_one_line(pipeline):
+    repo, _ = pipeline
+    params = deep_merge(repo_params(), TINY)
+    params["recognizer"]["variants"]["triplet"] = {"loss": {"triplet": 1.0}, "optimizer": "lion"}
+    write_params(repo / "params.yaml", params)
+    result = _run([BIN / "dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "recognizer.variants.triplet.optimizer: unknown optimizer 'lion'" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout

@@ -1,0 +1,107 @@
+"""params.yaml schema: the shipped file is valid; malformed params give one-line errors naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, deep_merge, repo_params, write_params
+from skulab.errors import SkulabError
+from skulab.params import load_params
+
+
+def test_shipped_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.prepare.synthetic.num_classes == 23
+    assert len(params.recognizer.variants) * len(params.recognizer.seeds) >= 6
+    for name in params.recognizer.variants:
+        params.recognizer.resolve(name)
+
+
+MALFORMED = [
+    # (override of params.yaml, expected fragment of the one-line error)
+    ({"prepare": {"seed": "zero"}}, "prepare.seed: Input should be a valid integer"),
+    ({"prepare": {"synthetic": {"num_classes": 1}}}, "prepare.synthetic.num_classes: Input should be greater than or equal to 2"),
+    ({"prepare": {"source": "kaggle"}}, "prepare.source: Input should be 'synthetic'"),
+    ({"prepare": {"colour": 3}}, "prepare.colour: unknown key"),
+    ({"crop": {"padding": 0.9}}, "crop.padding: Input should be less than or equal to 0.5"),
+    ({"recognizer": {"base": {"optimizer": "adamx"}}}, "recognizer.base.optimizer: unknown optimizer 'adamx'; allowed: adam, adamw, sgd, radam, radam_lookahead, ranger"),
+    ({"recognizer": {"base": {"backbone": "vgg"}}}, "recognizer.base.backbone: unknown backbone 'vgg'; allowed: mobilenetv3_small"),
+    ({"recognizer": {"base": {"lr": -1}}}, "recognizer.base.lr: Input should be greater than 0"),
+    ({"recognizer": {"variants": {"x": {"loss": {"focal": 1.0}}}}}, "recognizer.variants.x.loss: unknown loss 'focal'; allowed: ce, ce_label_smoothing, triplet, multi_similarity"),
+    ({"recognizer": {"variants": {"x": {"schedule": "cosine"}}}}, "recognizer.variants.x.schedule: unknown schedule 'cosine'; allowed: constant, warmup_multistep, warmup_cosine"),
+    ({"recognizer": {"variants": {"x": {"augment": "mixup"}}}}, "recognizer.variants.x.augment: unknown augmentation 'mixup'; allowed: none, basic, autoaugment"),
+    ({"recognizer": {"variants": {"x": {"learning_rate": 0.1}}}}, "recognizer.variants.x.learning_rate: unknown key"),
+    ({"recognizer": {"variants": {"bad-name": {}}}}, "recognizer.variants.bad-name.[key]: String should match pattern"),
+    ({"recognizer": {"seeds": [0, 0]}}, "recognizer.seeds: seeds must be unique"),
+    ({"recognizer": {"seeds": []}}, "recognizer.seeds: List should have at least 1 item"),
+    ({"recognizer": {"variants": {"x": {"loss": {"ce": 0.0}}}}}, "recognizer.variants.x.loss: at least one loss needs a weight > 0"),
+    ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "batch_size": 30}}}}, "batch_size (30) must be a multiple of sampler_k (4)"),
+    ({"recognizer": {"variants": {"x": {"milestones": [9]}}}}, "milestones [9.0] must be increasing and between warmup_epochs and epochs"),
+    ({"recognizer": {"variants": {"x": {"pretrained": "weights/missing.pt"}}}}, "recognizer.variants.x.pretrained: must be none, imagenet or an existing weights file; 'weights/missing.pt' not found"),
+    ({"evaluate": {"rank_by": "loss"}}, "evaluate.rank_by: Input should be 'test_top1'"),
+    ({"detector": {}}, "detector: unknown section; allowed: mlflow, prepare, crop, recognizer, evaluate"),
+]
+
+
+@pytest.mark.parametrize("override,expected", MALFORMED, ids=[m[1][:40] for m in MALFORMED])
+def test_malformed_params_name_the_key(tmp_path, override, expected):
+    path = write_params(tmp_path / "params.yaml", deep_merge(repo_params(), override))
+    with pytest.raises(SkulabError) as exc:
+        load_params(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_key_and_section(tmp_path):
+    data = repo_params()
+    del data["recognizer"]["base"]["lr"]
+    del data["evaluate"]
+    path = write_params(tmp_path / "params.yaml", data)
+    with pytest.raises(SkulabError, match=r"evaluate: missing section"):
+        load_params(path)
+    with pytest.raises(SkulabError, match=r"recognizer.base.lr: missing key"):
+        load_params(path, sections=("recognizer",))
+
+
+def test_a_stage_validates_only_its_sections(tmp_path):
+    path = write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"recognizer": {"base": {"lr": -1}}}))
+    assert load_params(path, sections=("prepare",)).prepare.seed == 0
+
+
+def test_variant_inherits_error_from_base_is_blamed_on_base(tmp_path):
+    path = write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"recognizer": {"base": {"epochs": 0}}}))
+    with pytest.raises(SkulabError, match=r"recognizer.base.epochs: Input should be greater than or equal to 1"):
+        load_params(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  seed: [1\nrecognizer: {}\n")
+    with pytest.raises(SkulabError, match=r"invalid YAML at line \d"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("command", [["skulab", "check"], [sys.executable, "stages/prepare.py"]])
+def test_cli_prints_one_line_and_exits_2(tmp_path, command):
+    bad = deep_merge(repo_params(), {"prepare": {"synthetic": {"lighting": 2}}, "recognizer": {"base": {"optimizer": "adamx"}}})
+    write_params(tmp_path / "params.yaml", bad)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "stages").symlink_to(REPO / "stages")
+    exe = [str(Path(sys.executable).parent / "skulab"), "check"] if command[0] == "skulab" else command
+    result = subprocess.run(exe, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "params.yaml: " in lines[0]
+    assert "prepare.synthetic.lighting" in lines[0]
+
+
+def test_check_ok(tmp_path):
+    result = subprocess.run([str(Path(sys.executable).parent / "skulab"), "check", "--params", str(REPO / "params.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "ok" in result.stdout
