@@ -103,6 +103,7 @@ class RecognizerConfig(Strict):
     augment: Annotated[str, AfterValidator(_choice("augmentation", AUGMENTS))]
     epochs: int = Field(ge=1, le=10000)
     batch_size: int = Field(ge=2, le=4096)
+    device: Literal["cpu", "cuda", "auto"] = Field(description="auto = cuda when available")
 
     @field_validator("loss")
     @classmethod

@@ -13,14 +13,14 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 
 @torch.no_grad()
 def embed(model, images: torch.Tensor, transform, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Post-BNNeck features and logits for uint8 images, in eval mode."""
+    """Post-BNNeck features and logits (on the CPU) for uint8 images, in eval mode."""
     model.eval()
+    device = next(model.parameters()).device
     features, logits = [], []
     for start in range(0, len(images), batch_size):
-        batch = transform(images[start : start + batch_size])
-        out = model(batch)
-        features.append(out.feature)
-        logits.append(out.logits)
+        out = model(transform(images[start : start + batch_size]).to(device))
+        features.append(out.feature.cpu())
+        logits.append(out.logits.cpu())
     return torch.cat(features), torch.cat(logits)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from skulab.errors import SkulabError
 from skulab.io import atomic_path, write_json_atomic, write_text_atomic
 from skulab.params import RecognizerConfig, params_hash
 from skulab.recognition import evaluation
@@ -53,6 +54,14 @@ def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     loader_generator.set_state(state["loader"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SkulabError("recognizer device is 'cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
 
 
 def _save(obj, path: Path) -> None:
@@ -118,6 +127,7 @@ class CellTrainer:
         splits = {split: load_split(self.crops, split, storage) for split in ("train", *EVAL_SPLITS)}
         train = splits["train"]
         model = Recognizer(cfg.backbone, len(train.class_names), cfg.embedding_dim, cfg.pretrained)
+        model.to(resolve_device(cfg.device))
         generator = torch.Generator().manual_seed(self.seed)
         loader = self._loader(train, generator)
         optimizer = create_optimizer(model.parameters(), cfg)
@@ -169,8 +179,10 @@ class CellTrainer:
 
     def _train_epoch(self, model, loader, optimizer, scheduler, criterion) -> dict:
         model.train()
+        device = next(model.parameters()).device
         total, terms, correct, seen = 0.0, {}, 0, 0
         for images, labels in tqdm(loader, desc="train", unit="batch", leave=False):
+            images, labels = images.to(device), labels.to(device)
             out = model(images)
             loss, parts = criterion(out, labels)
             optimizer.zero_grad(set_to_none=True)
