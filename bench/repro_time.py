@@ -32,6 +32,7 @@ def main() -> None:
         shutil.copy(args.params, repo / "params.yaml")
         for name in ("stages", "src"):
             shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
         env["PYTHONPATH"] = str(repo / "src")  # run the copied code, not the editable install
         subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
         subprocess.run([BIN / "dvc", "init", "-q"], cwd=repo, check=True, env=env)

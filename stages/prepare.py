@@ -16,12 +16,14 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     params = load_params(sections=("mlflow", "prepare"))
     with stage_run("prepare", params.mlflow.experiment, {"prepare": params.prepare}, dataset_hash=None):
-        card = prepare(params.prepare, PREPARED)
-        mlflow.set_tag("dataset.hash", card["hash"])
+        card, report = prepare(params.prepare, PREPARED)
+        mlflow.set_tags({"dataset.hash": card["hash"], "dataset.name": card["name"], "dataset.task": card["task"]})
         for split, counts in card["splits"].items():
             mlflow.log_metrics({f"{split}_images": counts["images"], f"{split}_boxes": counts["boxes"]})
-        for name in ("card.json", "card.md", "contact_sheet.png", "sku_gallery.png"):
-            mlflow.log_artifact(str(PREPARED / name), artifact_path="dataset")
+        mlflow.log_metrics({f"skipped_{kind}": count for kind, count in report["counts"].items()})
+        mlflow.log_metric("skipped_items", len(report["skipped"]))
+        for path in sorted(PREPARED.glob("*.*")):  # card, report and plots, not the images
+            mlflow.log_artifact(str(path), artifact_path="dataset")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def tiny_params(tmp_path_factory) -> Params:
 def tiny_crops(tmp_path_factory, tiny_params) -> Path:
     """A tiny synthetic dataset, prepared and cropped: data/crops layout."""
     root = tmp_path_factory.mktemp("data")
-    card = prepare(tiny_params.prepare, root / "prepared")
+    card, _ = prepare(tiny_params.prepare, root / "prepared")
     crop_dataset(root / "prepared", root / "crops", tiny_params.crop, card["hash"])
     return root / "crops"
 

@@ -15,12 +15,12 @@ from skulab.params import PrepareParams
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tiny_params, tmp_path):
-    first = prepare(tiny_params.prepare, tmp_path / "a")
-    second = prepare(tiny_params.prepare, tmp_path / "b")
+    first, _ = prepare(tiny_params.prepare, tmp_path / "a")
+    second, _ = prepare(tiny_params.prepare, tmp_path / "b")
     assert first["hash"] == second["hash"] == json.loads((tmp_path / "a/card.json").read_text())["hash"]
     assert hash_files(tmp_path / "a") == hash_files(tmp_path / "b")
     reseeded = PrepareParams.model_validate(deep_merge(tiny_params.prepare.model_dump(), {"seed": 1}))
-    assert prepare(reseeded, tmp_path / "c")["hash"] != first["hash"]
+    assert prepare(reseeded, tmp_path / "c")[0]["hash"] != first["hash"]
 
 
 def test_card_counts_match_annotations(tiny_params, tiny_crops):

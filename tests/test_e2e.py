@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
 
@@ -33,6 +34,7 @@ def pipeline(tmp_path_factory):
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     for name in ("stages", "src"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
     write_params(repo / "params.yaml", deep_merge(repo_params(), TINY))
     (repo / ".gitignore").write_text("mlflow.db\n.mlflow.lock\nmlartifacts/\n")
     _run(["git", "init", "-q"], repo)
@@ -95,6 +97,20 @@ def test_editing_one_variant_reruns_only_its_cells(pipeline):
     rerun = _run([BIN / "dvc", "repro"], repo).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", rerun))
     assert ran == {"train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate"}
+
+
+def test_adding_a_variant_runs_only_its_cells(pipeline):
+    repo, _ = pipeline
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["recognizer"]["variants"]["ranger_ms_cosine"] = {
+        "optimizer": "ranger", "loss": {"multi_similarity": 1.0}, "schedule": "warmup_cosine", "milestones": []
+    }
+    write_params(repo / "params.yaml", params)
+    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", rerun))
+    assert ran == {"train_recognizer@ranger_ms_cosine-0", "train_recognizer@ranger_ms_cosine-1", "evaluate"}
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert summary["variants"]["ranger_ms_cosine"]["overrides"]["optimizer"] == "ranger"
 
 
 def test_bad_params_fail_the_stage_with_one_line(pipeline):

@@ -59,10 +59,50 @@ class SyntheticParams(Strict):
     lighting: float = Field(ge=0, le=0.9, description="max brightness change, as a fraction")
 
 
+class SplitRatios(Strict):
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class CocoSource(Strict):
+    images: str = Field(description="images folder; COCO file_name is relative to it")
+    annotations: dict[Literal["train", "val", "test"], str] | str = Field(
+        description="one COCO JSON per split, or one file to split by split_ratios"
+    )
+
+
+class VocSource(Strict):
+    classes: list[str] = Field(description="allowed class names in id order; empty = every name found, sorted")
+
+
+class YoloSource(Strict):
+    data_yaml: str
+
+
+class ExternalParams(Strict):
+    """A user dataset under `path`, read when prepare.source is not synthetic."""
+
+    path: str
+    on_bad_item: Literal["error", "skip"]
+    box_outside_image: Literal["clip", "reject"]
+    split_ratios: SplitRatios
+    coco: CocoSource
+    voc: VocSource
+    yolo: YoloSource
+
+
 class PrepareParams(Strict):
-    source: Literal["synthetic"]
+    source: Literal["synthetic", "coco", "voc", "yolo", "folders"]
     seed: int = Field(ge=0)
     synthetic: SyntheticParams
+    external: ExternalParams
 
 
 class CropParams(Strict):

@@ -47,3 +47,15 @@ def plot_summary(stats: dict[str, dict], label: str, path: Path) -> None:
     ax.set_xlabel(f"{label} (mean +- std over seeds)")
     ax.set_xlim(0, 1)
     _save(fig, path)
+
+
+def plot_box_sizes(coco_by_split: dict[str, dict], path: Path) -> None:
+    """Histograms of box width and height per split (pixels)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for split, coco in coco_by_split.items():
+        for ax, index, label in ((axes[0], 2, "width"), (axes[1], 3, "height")):
+            ax.hist([a["bbox"][index] for a in coco["annotations"]], bins=30, alpha=0.5, label=split)
+            ax.set_xlabel(f"box {label} (px)")
+    axes[0].set_ylabel("boxes")
+    axes[0].legend()
+    _save(fig, path)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import numpy as np
+
 from skulab.errors import SkulabError
 from skulab.layout import SPLITS, annotations_file, card_file
 
@@ -36,9 +38,16 @@ def class_names(coco: dict) -> dict[int, str]:
     return {c["id"]: c["name"] for c in coco["categories"]}
 
 
-def dataset_card(root: Path, name: str, dataset_hash: str) -> dict:
-    """Counts of images and boxes per class and split, with the dataset hash."""
-    card = {"name": name, "hash": dataset_hash, "splits": {}}
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    p5, p50, p95 = np.percentile(values, [5, 50, 95])
+    return {"p5": round(float(p5), 1), "p50": round(float(p50), 1), "p95": round(float(p95), 1)}
+
+
+def dataset_card(root: Path, name: str, dataset_hash: str, task: str) -> dict:
+    """Counts per class and split, box size percentiles, the task and the dataset hash."""
+    card = {"name": name, "hash": dataset_hash, "task": task, "splits": {}}
     for split in SPLITS:
         coco = load_split(root, split)
         names = class_names(coco)
@@ -49,15 +58,19 @@ def dataset_card(root: Path, name: str, dataset_hash: str) -> dict:
             "images": len(coco["images"]),
             "boxes": len(coco["annotations"]),
             "per_class": per_class,
+            "box_width": _percentiles([a["bbox"][2] for a in coco["annotations"]]),
+            "box_height": _percentiles([a["bbox"][3] for a in coco["annotations"]]),
         }
     card["classes"] = list(names.values())
     return card
 
 
 def card_markdown(card: dict) -> str:
-    lines = [f"# Dataset card: {card['name']}", "", f"hash: `{card['hash']}`", ""]
-    lines += ["| split | images | boxes |", "|---|---:|---:|"]
-    lines += [f"| {s} | {v['images']} | {v['boxes']} |" for s, v in card["splits"].items()]
+    lines = [f"# Dataset card: {card['name']}", "", f"task: {card['task']}, hash: `{card['hash']}`", ""]
+    lines += ["| split | images | boxes | box width p5/p50/p95 | box height p5/p50/p95 |", "|---|---:|---:|---:|---:|"]
+    for split, v in card["splits"].items():
+        w, h = ("/".join(str(x) for x in v[key].values()) for key in ("box_width", "box_height"))
+        lines.append(f"| {split} | {v['images']} | {v['boxes']} | {w} | {h} |")
     lines += ["", "| class | " + " | ".join(card["splits"]) + " |", "|---|" + "---:|" * len(card["splits"])]
     for name in card["classes"]:
         lines.append(f"| {name} | " + " | ".join(str(v["per_class"][name]) for v in card["splits"].values()) + " |")

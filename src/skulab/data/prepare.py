@@ -7,11 +7,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from skulab.data.external import import_external
 from skulab.data.coco import card_markdown, coco_dict, dataset_card, load_split
 from skulab.data.synthetic import SceneConfig, encode_jpeg, make_skus, render_scene, render_sku
 from skulab.io import atomic_path, hash_files, write_bytes_atomic, write_json_atomic, write_text_atomic
 from skulab.layout import SPLITS, annotations_file, card_file
 from skulab.params import PrepareParams
+from skulab.plots import plot_box_sizes
 
 
 def generate_synthetic(params: PrepareParams, root: Path) -> None:
@@ -91,13 +93,20 @@ def contact_sheet(root: Path, split: str = "train", count: int = 6, width: int =
     return sheet
 
 
-def prepare(params: PrepareParams, out: Path) -> dict:
-    """Write the whole dataset to `out` atomically and return its card."""
+def prepare(params: PrepareParams, out: Path) -> tuple[dict, dict]:
+    """Write the whole dataset to `out` atomically; return its card and the import report."""
     with atomic_path(out) as root:
-        generate_synthetic(params, root)
-        dataset_hash = hash_files(root)
-        card = dataset_card(root, f"synthetic(seed={params.seed})", dataset_hash)
+        if params.source == "synthetic":
+            generate_synthetic(params, root)
+            report = {"policy": "n/a", "counts": {}, "skipped": [], "task": "detection"}
+            name = f"synthetic(seed={params.seed})"
+        else:
+            report = import_external(params.source, params.external, params.seed, root)
+            name = f"{params.source}:{params.external.path}"
+        write_json_atomic(root / "report.json", report)
+        card = dataset_card(root, name, hash_files(root), report["task"])
         write_json_atomic(card_file(root), card)
         write_text_atomic(root / "card.md", card_markdown(card))
         write_bytes_atomic(root / "contact_sheet.png", _png(contact_sheet(root)))
-    return card
+        plot_box_sizes({split: load_split(root, split) for split in SPLITS}, root / "box_sizes.png")
+    return card, report

@@ -1,0 +1,186 @@
+"""Import a user dataset: read it, validate everything before writing, split, write internal COCO.
+
+Every bad item is either a hard error naming the file and line or object, or, under
+`on_bad_item: skip`, skipped and listed in report.json. Nothing is dropped silently.
+"""
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skulab.data.coco import coco_dict
+from skulab.data.sources import Item, Problem, SourceData, read_coco, read_folders, read_voc, read_yolo
+from skulab.errors import SkulabError
+from skulab.io import write_json_atomic
+from skulab.layout import SPLITS, annotations_file
+from skulab.params import ExternalParams
+
+
+def read_source(source: str, params: ExternalParams) -> SourceData:
+    root = Path(params.path)
+    if not root.is_dir():
+        raise SkulabError(f"prepare.external.path: {root} is not a folder")
+    if source == "coco":
+        return read_coco(root, params.coco.annotations, params.coco.images)
+    if source == "voc":
+        return read_voc(root, params.voc.classes or None)
+    if source == "yolo":
+        return read_yolo(root, params.yolo.data_yaml)
+    return read_folders(root)
+
+
+@dataclass
+class Checked:
+    items: list[Item]
+    classes: list[str]
+    sizes: dict[int, tuple[int, int]]  # id(item) -> (width, height)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _check_box(box, width: int, height: int, policy: str) -> Problem | None:
+    if box.w <= 0 or box.h <= 0:
+        return Problem("bad_box", box.where, f"box has zero or negative size ({box.w:g} x {box.h:g})")
+    inside = box.x >= 0 and box.y >= 0 and box.x + box.w <= width and box.y + box.h <= height
+    if inside:
+        return None
+    if policy == "reject":
+        return Problem("box_outside_image", box.where, f"box [{box.x:g}, {box.y:g}, {box.w:g}, {box.h:g}] outside the {width}x{height} image")
+    x1, y1 = max(0.0, box.x), max(0.0, box.y)
+    x2, y2 = min(float(width), box.x + box.w), min(float(height), box.y + box.h)
+    if x2 <= x1 or y2 <= y1:
+        return Problem("box_outside_image", box.where, f"box [{box.x:g}, {box.y:g}, {box.w:g}, {box.h:g}] lies entirely outside the {width}x{height} image")
+    box.x, box.y, box.w, box.h = x1, y1, x2 - x1, y2 - y1
+    return None
+
+
+def check_items(data: SourceData, params: ExternalParams) -> Checked:
+    """Image, box, class and duplicate checks on every item; bad parts are left out and recorded."""
+    problems = list(data.problems)
+    kept, sizes, seen = [], {}, {}
+    for item in data.items:
+        key = item.path.resolve()
+        if key in seen:
+            problems.append(Problem("duplicate_file", item.where, f"same image file as {seen[key]} ({item.path.name})"))
+            continue
+        seen[key] = item.where
+        try:
+            with Image.open(item.path) as image:
+                image.verify()
+            with Image.open(item.path) as image:
+                image.load()
+                width, height = image.size
+        except FileNotFoundError:
+            problems.append(Problem("missing_image", item.where, f"image file {item.path} not found"))
+            continue
+        except Exception as exc:  # PIL raises many types for corrupt files
+            problems.append(Problem("unreadable_image", item.where, f"unreadable image {item.path.name} ({type(exc).__name__})"))
+            continue
+        if item.whole_image:
+            item.boxes[0].w, item.boxes[0].h = width, height
+        good = []
+        for box in item.boxes:
+            problem = _check_box(box, width, height, params.box_outside_image)
+            if problem:
+                problems.append(problem)
+            else:
+                good.append(box)
+        item.boxes = good
+        if not good:
+            problems.append(Problem("no_annotations", item.where, f"image {item.path.name} has no (valid) annotations"))
+            continue
+        sizes[id(item)] = (width, height)
+        kept.append(item)
+    used = Counter(box.class_name for item in kept for box in item.boxes)
+    classes = []
+    for name in data.classes:
+        if used[name]:
+            classes.append(name)
+        else:
+            problems.append(Problem("empty_class", f"class '{name}'", f"class '{name}' has no annotations"))
+    return Checked(kept, classes, sizes, problems)
+
+
+def assign_splits(items: list[Item], ratios: dict[str, float], seed: int) -> None:
+    """Seeded split of the items the source left unsplit, stratified over all classes an image holds.
+
+    Rarest classes first, each split gets an image of every class that has one left; the rest go
+    to the split furthest below its ratio. So a class with at least 3 images reaches every split.
+    """
+    unsplit = [items[i] for i in np.random.default_rng(seed).permutation(len(items)) if items[i].split is None]
+    if not unsplit:
+        return
+    target = {split: ratios[split] * len(unsplit) for split in SPLITS}
+    count = Counter()
+    classes_of = {id(item): {box.class_name for box in item.boxes} for item in unsplit}
+    frequency = Counter(name for names in classes_of.values() for name in names)
+
+    def place(item: Item, split: str) -> None:
+        item.split = split
+        count[split] += 1
+
+    for name in sorted(frequency, key=lambda n: (frequency[n], n)):
+        holders = [item for item in unsplit if name in classes_of[id(item)]]
+        covered = {item.split for item in holders if item.split}
+        free = [item for item in holders if item.split is None]
+        for split in ("val", "test", "train"):
+            if split not in covered and free:
+                place(free.pop(0), split)
+    for item in unsplit:
+        if item.split is None:
+            place(item, max(SPLITS, key=lambda split: target[split] - count[split]))
+
+
+def check_split_coverage(checked: Checked) -> None:
+    for name in checked.classes:
+        for split in SPLITS:
+            if not any(item.split == split and any(b.class_name == name for b in item.boxes) for item in checked.items):
+                checked.problems.append(Problem("class_absent_from_split", f"class '{name}'", f"class '{name}' has no annotations in split '{split}'"))
+
+
+def enforce_policy(problems: list[Problem], policy: str) -> dict:
+    """Raise on the first problem under `error`; under `skip`, return the report of what was left out."""
+    if problems and policy == "error":
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SkulabError(f"{problems[0]}{more}; fix the data or set prepare.external.on_bad_item: skip")
+    return {
+        "policy": policy,
+        "counts": dict(Counter(p.kind for p in problems)),
+        "skipped": [{"kind": p.kind, "where": p.where, "detail": p.detail} for p in problems],
+    }
+
+
+def import_external(source: str, params: ExternalParams, seed: int, root: Path) -> dict:
+    """Validate the whole source, then write the internal layout to `root`; return the report."""
+    data = read_source(source, params)
+    checked = check_items(data, params)
+    assign_splits(checked.items, params.split_ratios.model_dump(), seed)
+    check_split_coverage(checked)
+    report = enforce_policy(checked.problems, params.on_bad_item)
+    counts = Counter(item.split for item in checked.items)
+    empty = [split for split in SPLITS if not counts[split]]
+    if empty:
+        raise SkulabError(f"{params.path}: split '{empty[0]}' has no usable images ({dict(counts)} images per split)")
+    class_ids = {name: i + 1 for i, name in enumerate(checked.classes)}
+    categories = [{"id": i, "name": name, "supercategory": "product"} for name, i in class_ids.items()]
+    for split in SPLITS:
+        images, annotations = [], []
+        for item in (it for it in checked.items if it.split == split):
+            width, height = checked.sizes[id(item)]
+            file_name = f"{split}/{len(images) + 1:06d}{item.path.suffix.lower()}"
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.path, root / "images" / file_name)
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "original_file": item.where})
+            for box in item.boxes:
+                bbox = [round(v, 2) for v in (box.x, box.y, box.w, box.h)]
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": image_id, "category_id": class_ids[box.class_name],
+                     "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+                )
+        write_json_atomic(annotations_file(root, split), coco_dict(images, annotations, categories))
+    report["task"] = "detection" if data.has_boxes else "classification"
+    return report

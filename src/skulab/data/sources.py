@@ -1,0 +1,281 @@
+"""Readers for user datasets (COCO, Pascal VOC, YOLO, class folders) into one neutral form.
+
+A reader only parses: it returns every image it found with its boxes (class names, pixel boxes)
+and the problems it met while parsing (unknown class, malformed line), each naming the file and
+the line or object. Validation and splitting happen afterwards, the same for every format.
+"""
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from skulab.errors import SkulabError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Box:
+    class_name: str
+    x: float
+    y: float
+    w: float
+    h: float
+    where: str  # "file: object 2" / "file: line 3", for error messages
+
+
+@dataclass
+class Item:
+    path: Path  # the image file
+    where: str  # the file that described it, for error messages
+    boxes: list[Box] = field(default_factory=list)
+    split: str | None = None
+    whole_image: bool = False  # classification sources: the image is the crop
+
+
+@dataclass
+class Problem:
+    kind: str
+    where: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}"
+
+
+@dataclass
+class SourceData:
+    items: list[Item]
+    classes: list[str]  # declared class names, in id order
+    has_boxes: bool
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise SkulabError(f"{path}: {what} not found")
+    return path
+
+
+# ---- COCO -------------------------------------------------------------------------------------
+
+
+def _read_coco_file(ann_path: Path, images_dir: Path, root: Path, split: str | None, data: SourceData) -> None:
+    where = _rel(ann_path, root)
+    try:
+        coco = json.loads(ann_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SkulabError(f"{ann_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise SkulabError(f"{ann_path}: not a COCO detection file (no '{key}' list)")
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for name in names.values():
+        if name not in data.classes:
+            data.classes.append(name)
+    items = {}
+    for image in coco["images"]:
+        item = Item(images_dir / image["file_name"], f"{where}: image id {image['id']} ({image['file_name']})", split=split)
+        items[image["id"]] = item
+        data.items.append(item)
+    for ann in coco["annotations"]:
+        ref = f"{where}: annotation id {ann.get('id')}"
+        item = items.get(ann.get("image_id"))
+        if item is None:
+            data.problems.append(Problem("unknown_image", ref, f"refers to image id {ann.get('image_id')}, which is not in 'images'"))
+            continue
+        if ann["category_id"] not in names:
+            data.problems.append(Problem("unknown_class", ref, f"unknown category_id {ann['category_id']}"))
+            continue
+        x, y, w, h = ann["bbox"]
+        item.boxes.append(Box(names[ann["category_id"]], x, y, w, h, ref))
+
+
+def read_coco(root: Path, annotations: dict[str, str] | str, images: str) -> SourceData:
+    """`annotations` is one COCO JSON per split ({split: file}) or a single file to be split."""
+    data = SourceData([], [], has_boxes=True)
+    images_dir = _require(root / images, "COCO images folder")
+    if isinstance(annotations, str):
+        _read_coco_file(_require(root / annotations, "COCO annotation file"), images_dir, root, None, data)
+    else:
+        for split, file in annotations.items():
+            _read_coco_file(_require(root / file, "COCO annotation file"), images_dir, root, split, data)
+    return data
+
+
+# ---- Pascal VOC -------------------------------------------------------------------------------
+
+
+def _voc_image(xml_path: Path, filename: str, root: Path, by_name: dict[str, list[Path]]) -> Path | None:
+    sub = xml_path.parent.relative_to(root / "Annotations")
+    for candidate in (root / "JPEGImages" / sub / filename, root / "JPEGImages" / filename, xml_path.parent / filename):
+        if candidate.is_file():
+            return candidate
+    matches = by_name.get(Path(filename).name, [])
+    return matches[0] if len(matches) == 1 else None
+
+
+def _voc_splits(root: Path) -> dict[str, str]:
+    """ImageSets/Main/{train,val,test}.txt, if present: image stem -> split."""
+    splits = {}
+    for split in ("train", "val", "test"):
+        path = root / "ImageSets" / "Main" / f"{split}.txt"
+        if path.is_file():
+            splits.update({line.split()[0]: split for line in path.read_text().splitlines() if line.strip()})
+    return splits
+
+
+def read_voc(root: Path, classes: list[str] | None) -> SourceData:
+    """Annotations/**/*.xml (class subfolders allowed) and their images under JPEGImages/."""
+    xml_files = sorted(_require(root / "Annotations", "VOC Annotations folder").rglob("*.xml"))
+    if not xml_files:
+        raise SkulabError(f"{root / 'Annotations'}: no .xml files")
+    by_name: dict[str, list[Path]] = {}
+    for image in _images_under(root):
+        by_name.setdefault(image.name, []).append(image)
+    splits = _voc_splits(root)
+    data = SourceData([], list(classes or []), has_boxes=True)
+    for xml_path in xml_files:
+        where = _rel(xml_path, root)
+        try:
+            tree = ET.parse(xml_path).getroot()
+        except ET.ParseError as exc:
+            data.problems.append(Problem("unreadable_annotation", where, f"invalid XML ({exc})"))
+            continue
+        filename = tree.findtext("filename") or f"{xml_path.stem}.jpg"
+        image = _voc_image(xml_path, filename, root, by_name)
+        if image is None:
+            data.problems.append(Problem("missing_image", where, f"image '{filename}' not found"))
+            continue
+        item = Item(image, where, split=splits.get(xml_path.stem) or splits.get(Path(filename).stem))
+        for index, obj in enumerate(tree.findall("object"), 1):
+            ref = f"{where}: object {index}"
+            name = (obj.findtext("name") or "").strip()
+            box = obj.find("bndbox")
+            try:
+                x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError):
+                data.problems.append(Problem("bad_box", ref, "missing or non-numeric bndbox"))
+                continue
+            if classes and name not in classes:
+                data.problems.append(Problem("unknown_class", ref, f"unknown class '{name}'"))
+                continue
+            if name not in data.classes:
+                data.classes.append(name)
+            item.boxes.append(Box(name, x1, y1, x2 - x1, y2 - y1, ref))
+        data.items.append(item)
+    if not classes:
+        data.classes.sort()
+    return data
+
+
+# ---- YOLO -------------------------------------------------------------------------------------
+
+
+def _yolo_names(config: dict, path: Path) -> list[str]:
+    names = config.get("names")
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    raise SkulabError(f"{path}: 'names' must be a list or a mapping of class ids to names")
+
+
+def _yolo_label_file(image: Path) -> Path:
+    """YOLO convention: .../images/... -> .../labels/..., same stem, .txt."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def read_yolo(root: Path, data_yaml: str) -> SourceData:
+    """data.yaml with `names` and train/val/test image folders; labels as class cx cy w h (relative)."""
+    from PIL import Image
+
+    config_path = _require(root / data_yaml, "YOLO data.yaml")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    names = _yolo_names(config, config_path)
+    base = root / config.get("path", ".") if not Path(str(config.get("path", "."))).is_absolute() else Path(config["path"])
+    data = SourceData([], names, has_boxes=True)
+    split_dirs = {split: config[split] for split in ("train", "val", "test") if config.get(split)}
+    if not split_dirs:
+        raise SkulabError(f"{config_path}: needs at least a 'train' image folder")
+    for split, folder in split_dirs.items():
+        images = _images_under(_require(base / folder, f"YOLO '{split}' image folder"))
+        for image in images:
+            label = _yolo_label_file(image)
+            item = Item(image, _rel(label, root), split=split if len(split_dirs) > 1 else None)
+            data.items.append(item)
+            if not label.is_file():
+                continue
+            try:
+                with Image.open(image) as im:
+                    width, height = im.size
+            except OSError:
+                continue  # reported as an unreadable image by validation
+            for number, line in enumerate(label.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                ref = f"{_rel(label, root)}: line {number}"
+                fields = line.split()
+                try:
+                    class_id, cx, cy, w, h = int(fields[0]), *map(float, fields[1:5])
+                    if len(fields) != 5:
+                        raise ValueError
+                except (ValueError, IndexError):
+                    data.problems.append(Problem("bad_box", ref, f"expected 'class cx cy w h', got '{line.strip()}'"))
+                    continue
+                if not 0 <= class_id < len(names):
+                    data.problems.append(Problem("unknown_class", ref, f"class id {class_id} not in data.yaml names (0..{len(names) - 1})"))
+                    continue
+                item.boxes.append(Box(names[class_id], (cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height, ref))
+    return data
+
+
+# ---- class folders ----------------------------------------------------------------------------
+
+
+def read_folders(root: Path) -> SourceData:
+    """<class>/[<sub>/...]/image: the class is the folder path; optional splits/{train,val,test}.txt."""
+    split_of = {}
+    for split in ("train", "val", "test"):
+        listing = root / "splits" / f"{split}.txt"
+        if listing.is_file():
+            split_of.update({line.strip(): split for line in listing.read_text().splitlines() if line.strip()})
+    data = SourceData([], [], has_boxes=False)
+    for image in _images_under(root):
+        rel = image.relative_to(root)
+        if rel.parts[0] == "splits":
+            continue
+        if len(rel.parts) < 2:
+            data.problems.append(Problem("unknown_class", rel.as_posix(), "image outside any class folder"))
+            continue
+        name = rel.parent.as_posix()
+        if name not in data.classes:
+            data.classes.append(name)
+        item = Item(image, rel.as_posix(), split=split_of.get(rel.as_posix()), whole_image=True)
+        item.boxes.append(Box(name, 0, 0, 0, 0, rel.as_posix()))  # sized to the image on validation
+        data.items.append(item)
+    if split_of:
+        missing = [item.where for item in data.items if item.split is None]
+        if missing:
+            raise SkulabError(f"{root / 'splits'}: {missing[0]} is in no split list ({len(missing)} images unlisted)")
+    data.classes.sort()
+    return data

@@ -1,0 +1,311 @@
+"""User datasets in every format: round trips of boxes, splits, and every kind of bad item."""
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+import yaml
+
+from conftest import deep_merge
+from skulab.data.prepare import prepare
+from skulab.errors import SkulabError
+from skulab.params import PrepareParams
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def source_coco(tiny_crops) -> dict[str, dict]:
+    """The tiny synthetic dataset's COCO files: the ground truth every fixture is written from."""
+    prepared = tiny_crops.parent / "prepared"
+    return {split: json.loads((prepared / "annotations" / f"{split}.json").read_text()) for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def prepared_root(tiny_crops) -> Path:
+    return tiny_crops.parent / "prepared"
+
+
+def _boxes(coco: dict) -> Counter:
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    return Counter((names[a["category_id"]], *(round(v) for v in a["bbox"])) for a in coco["annotations"])
+
+
+def _params(tiny_params, source: str, path: Path, **external) -> PrepareParams:
+    data = deep_merge(tiny_params.prepare.model_dump(), {"source": source, "external": {"path": str(path), **external}})
+    return PrepareParams.model_validate(data)
+
+
+def _imported(out: Path) -> dict[str, dict]:
+    return {split: json.loads((out / "annotations" / f"{split}.json").read_text()) for split in SPLITS}
+
+
+# ---- writers: the tiny dataset in each format ---------------------------------------------------
+
+
+def write_coco(root: Path, source: dict, prepared: Path, single_file: bool = False) -> Path:
+    shutil.copytree(prepared / "images", root / "images")
+    (root / "annotations").mkdir(parents=True)
+    if single_file:
+        merged = {"images": [], "annotations": [], "categories": source["train"]["categories"]}
+        for split in SPLITS:
+            offset = len(merged["images"])
+            merged["images"] += [{**im, "id": im["id"] + offset} for im in source[split]["images"]]
+            merged["annotations"] += [{**a, "id": len(merged["annotations"]) + i + 1, "image_id": a["image_id"] + offset} for i, a in enumerate(source[split]["annotations"])]
+        (root / "annotations" / "all.json").write_text(json.dumps(merged))
+    else:
+        for split in SPLITS:
+            (root / "annotations" / f"{split}.json").write_text(json.dumps(source[split]))
+    return root
+
+
+def write_voc(root: Path, source: dict, prepared: Path) -> Path:
+    for split in SPLITS:
+        names = {c["id"]: c["name"] for c in source[split]["categories"]}
+        stems = []
+        for image in source[split]["images"]:
+            stem = f"{split}_{image['id']:04d}"
+            stems.append(stem)
+            (root / "JPEGImages" / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(prepared / "images" / image["file_name"], root / "JPEGImages" / split / f"{stem}.jpg")
+            ann = ET.Element("annotation")
+            ET.SubElement(ann, "filename").text = f"{stem}.jpg"
+            for a in (a for a in source[split]["annotations"] if a["image_id"] == image["id"]):
+                obj = ET.SubElement(ann, "object")
+                ET.SubElement(obj, "name").text = names[a["category_id"]]
+                box = ET.SubElement(obj, "bndbox")
+                x, y, w, h = a["bbox"]
+                for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (x, y, x + w, y + h)):
+                    ET.SubElement(box, key).text = str(value)
+            (root / "Annotations" / split).mkdir(parents=True, exist_ok=True)  # class-style subfolders
+            ET.ElementTree(ann).write(root / "Annotations" / split / f"{stem}.xml")
+        (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    return root
+
+
+def write_yolo(root: Path, source: dict, prepared: Path) -> Path:
+    categories = source["train"]["categories"]
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    for split in SPLITS:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for image in source[split]["images"]:
+            stem = Path(image["file_name"]).stem
+            shutil.copy(prepared / "images" / image["file_name"], root / "images" / split / f"{stem}.jpg")
+            lines = []
+            for a in (a for a in source[split]["annotations"] if a["image_id"] == image["id"]):
+                x, y, w, h = a["bbox"]
+                W, H = image["width"], image["height"]
+                lines.append(f"{index[a['category_id']]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}")
+            (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    config = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test", "names": {i: c["name"] for i, c in enumerate(categories)}}
+    (root / "data.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def write_folders(root: Path, tiny_crops: Path) -> Path:
+    import csv
+
+    with open(tiny_crops / "manifest.csv") as f:
+        for row in csv.DictReader(f):
+            target = root / "shelf" / row["class_name"] / Path(row["crop"]).name  # nested class path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_crops / "images" / row["crop"], target)
+    return root
+
+
+# ---- round trips ------------------------------------------------------------------------------
+
+
+def test_coco_per_split_round_trip(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_coco(tmp_path / "src", source_coco, prepared_root)
+    card, report = prepare(_params(tiny_params, "coco", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        assert _boxes(imported[split]) == _boxes(source_coco[split])
+    assert report["skipped"] == [] and card["task"] == "detection"
+    assert card["classes"] == [c["name"] for c in source_coco["train"]["categories"]]
+
+
+def test_coco_single_file_is_split_stratified(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_coco(tmp_path / "src", source_coco, prepared_root, single_file=True)
+    params = _params(tiny_params, "coco", src, coco={"images": "images", "annotations": "annotations/all.json"})
+    card, _ = prepare(params, tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    assert sum((_boxes(imported[s]) for s in SPLITS), Counter()) == sum((_boxes(source_coco[s]) for s in SPLITS), Counter())
+    assert all(card["splits"][s]["images"] > 0 for s in SPLITS)
+    again, _ = prepare(params, tmp_path / "again")
+    assert again["hash"] == card["hash"]  # the split is seeded
+
+
+def test_voc_round_trip_with_subfolders_and_image_sets(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_voc(tmp_path / "src", source_coco, prepared_root)
+    prepare(_params(tiny_params, "voc", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        assert _boxes(imported[split]) == _boxes(source_coco[split])
+    assert imported["train"]["images"][0]["original_file"].startswith("Annotations/train/")
+
+
+def test_yolo_round_trip(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_yolo(tmp_path / "src", source_coco, prepared_root)
+    prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        assert _boxes(imported[split]) == _boxes(source_coco[split])
+
+
+def test_folders_become_whole_image_crops(tiny_params, tiny_crops, tmp_path):
+    src = write_folders(tmp_path / "src", tiny_crops)
+    card, _ = prepare(_params(tiny_params, "folders", src), tmp_path / "out")
+    assert card["task"] == "classification"
+    assert all(name.startswith("shelf/") for name in card["classes"])
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        for image, ann in zip(imported[split]["images"], imported[split]["annotations"]):
+            assert ann["bbox"] == [0, 0, image["width"], image["height"]]
+
+
+def test_folders_split_lists(tiny_params, tiny_crops, tmp_path):
+    src = write_folders(tmp_path / "src", tiny_crops)
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
+    (src / "splits").mkdir()
+    for i, split in enumerate(SPLITS):
+        (src / "splits" / f"{split}.txt").write_text("\n".join(files[i::3]) + "\n")
+    params = _params(tiny_params, "folders", src, on_bad_item="skip")
+    prepare(params, tmp_path / "out")
+    originals = {im["original_file"] for im in _imported(tmp_path / "out")["val"]["images"]}
+    assert originals <= set(files[1::3])
+    (src / "splits" / "test.txt").write_text("")
+    with pytest.raises(SkulabError, match=r"splits: .* is in no split list"):
+        prepare(params, tmp_path / "out2")
+
+
+# ---- bad items: an error naming the file, or skipped and counted ------------------------------
+
+
+def _coco_src(tmp_path, source_coco, prepared_root, mutate) -> Path:
+    data = json.loads(json.dumps(source_coco))
+    src = write_coco(tmp_path / "src", data, prepared_root)
+    mutate(src, data)
+    for split in SPLITS:
+        (src / "annotations" / f"{split}.json").write_text(json.dumps(data[split]))
+    return src
+
+
+def _corrupt_first_train_image(src, data):
+    (src / "images" / data["train"]["images"][0]["file_name"]).write_bytes(b"not a jpeg at all")
+
+
+def _zero_size_box(src, data):
+    data["train"]["annotations"][0]["bbox"][2] = 0
+
+
+def _box_far_outside(src, data):
+    data["train"]["annotations"][0]["bbox"] = [5000, 5000, 10, 10]
+
+
+def _unknown_category(src, data):
+    data["train"]["annotations"][0]["category_id"] = 99
+
+
+def _image_without_annotations(src, data):
+    first = data["train"]["images"][0]["id"]
+    data["train"]["annotations"] = [a for a in data["train"]["annotations"] if a["image_id"] != first]
+
+
+def _duplicate_file_name(src, data):
+    data["train"]["images"].append({**data["train"]["images"][0], "id": 999})
+
+
+def _empty_class(src, data):
+    for split in SPLITS:
+        data[split]["categories"].append({"id": 77, "name": "ghost_sku", "supercategory": "product"})
+
+
+def _class_absent_from_test(src, data):
+    victim = data["test"]["annotations"][0]["category_id"]
+    data["test"]["annotations"] = [a for a in data["test"]["annotations"] if a["category_id"] != victim]
+
+
+BAD_ITEMS = [
+    (_corrupt_first_train_image, "unreadable_image", r"annotations/train.json: image id 1 \(train/000000.jpg\): unreadable image"),
+    (_zero_size_box, "bad_box", r"annotations/train.json: annotation id 1: box has zero or negative size"),
+    (_box_far_outside, "box_outside_image", r"annotations/train.json: annotation id 1: box \[5000, 5000, 10, 10\] lies entirely outside"),
+    (_unknown_category, "unknown_class", r"annotations/train.json: annotation id 1: unknown category_id 99"),
+    (_image_without_annotations, "no_annotations", r"annotations/train.json: image id 1 \(train/000000.jpg\): image 000000.jpg has no \(valid\) annotations"),
+    (_duplicate_file_name, "duplicate_file", r"annotations/train.json: image id 999 \(train/000000.jpg\): same image file as"),
+    (_empty_class, "empty_class", r"class 'ghost_sku': class 'ghost_sku' has no annotations"),
+    (_class_absent_from_test, "class_absent_from_split", r"has no annotations in split 'test'"),
+]
+
+
+@pytest.mark.parametrize("mutate,kind,message", BAD_ITEMS, ids=[b[1] for b in BAD_ITEMS])
+def test_bad_item_is_an_error_or_skipped_and_counted(tiny_params, source_coco, prepared_root, tmp_path, mutate, kind, message):
+    src = _coco_src(tmp_path, source_coco, prepared_root, mutate)
+    with pytest.raises(SkulabError, match=message) as exc:
+        prepare(_params(tiny_params, "coco", src), tmp_path / "strict")
+    assert "on_bad_item: skip" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "strict").exists()  # nothing written before validation passed
+    card, report = prepare(_params(tiny_params, "coco", src, on_bad_item="skip"), tmp_path / "lenient")
+    assert report["counts"] == {kind: 1}
+    assert report["skipped"][0]["kind"] == kind
+    assert json.loads((tmp_path / "lenient" / "report.json").read_text())["counts"] == {kind: 1}
+
+
+def test_box_partly_outside_is_clipped_or_rejected(tiny_params, source_coco, prepared_root, tmp_path):
+    def overhang(src, data):
+        data["train"]["annotations"][0]["bbox"] = [-10, -5, 40, 30]
+
+    src = _coco_src(tmp_path, source_coco, prepared_root, overhang)
+    prepare(_params(tiny_params, "coco", src), tmp_path / "clipped")
+    first = _imported(tmp_path / "clipped")["train"]["annotations"][0]
+    assert first["bbox"] == [0, 0, 30, 25]
+    with pytest.raises(SkulabError, match=r"annotation id 1: box \[-10, -5, 40, 30\] outside the 192x160 image"):
+        prepare(_params(tiny_params, "coco", src, box_outside_image="reject"), tmp_path / "rejected")
+
+
+def test_voc_bad_object_and_unknown_class_name_the_object(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_voc(tmp_path / "src", source_coco, prepared_root)
+    xml = src / "Annotations" / "train" / "train_0001.xml"
+    tree = ET.parse(xml)
+    tree.getroot().findall("object")[1].find("name").text = "mystery"
+    tree.write(xml)
+    classes = [c["name"] for c in source_coco["train"]["categories"]]
+    with pytest.raises(SkulabError, match=r"Annotations/train/train_0001.xml: object 2: unknown class 'mystery'"):
+        prepare(_params(tiny_params, "voc", src, voc={"classes": classes}), tmp_path / "out")
+
+
+def test_yolo_bad_lines_name_the_line(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_yolo(tmp_path / "src", source_coco, prepared_root)
+    label = sorted((src / "labels" / "train").glob("*.txt"))[0]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join([lines[0], "42 0.5 0.5 0.1 0.1", "0 0.5 oops", *lines[1:]]) + "\n")
+    with pytest.raises(SkulabError, match=rf"labels/train/{label.name}: line 2: class id 42 not in data.yaml names \(0..5\) \(and 1 more\)"):
+        prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
+    _, report = prepare(_params(tiny_params, "yolo", src, on_bad_item="skip"), tmp_path / "out")
+    assert report["counts"] == {"unknown_class": 1, "bad_box": 1}
+    assert report["skipped"][1]["where"] == f"labels/train/{label.name}: line 3"
+
+
+def test_missing_source_folder(tiny_params, tmp_path):
+    with pytest.raises(SkulabError, match="prepare.external.path: .* is not a folder"):
+        prepare(_params(tiny_params, "voc", tmp_path / "nope"), tmp_path / "out")
+
+
+def test_folder_images_pass_through_the_crop_stage_whole(tiny_params, tiny_crops, tmp_path):
+    from PIL import Image
+
+    from skulab.crop import crop_dataset
+
+    src = write_folders(tmp_path / "src", tiny_crops)
+    card, _ = prepare(_params(tiny_params, "folders", src), tmp_path / "prepared")
+    stats = crop_dataset(tmp_path / "prepared", tmp_path / "crops", tiny_params.crop, card["hash"])
+    assert sum(stats[s]["crops"] for s in SPLITS) == sum(card["splits"][s]["images"] for s in SPLITS)
+    first = _imported(tmp_path / "prepared")["train"]["images"][0]
+    crop = Image.open(tmp_path / "crops" / "images" / "train" / "0000001.png")
+    assert crop.size == (first["width"], first["height"])
