@@ -7,7 +7,7 @@ import mlflow
 from skulab.errors import exit_on_user_error
 from skulab.layout import METRICS, RECOGNIZER_METRICS
 from skulab.params import load_params
-from skulab.summary import load_cells, summarize, write_summary
+from skulab.summary import load_cells, load_histories, summarize, write_summary
 from skulab.tracking import stage_run
 
 
@@ -21,7 +21,7 @@ def main() -> None:
     read = {"evaluate": params.evaluate, "recognizer.seeds": seeds, "recognizer.variant_names": variants}
     with stage_run("evaluate", params.mlflow.experiment, read, dataset_hash):
         summary = summarize(cells, params.evaluate.rank_by)
-        for path in write_summary(summary, METRICS):
+        for path in write_summary(summary, load_histories(RECOGNIZER_METRICS, cells), METRICS):
             mlflow.log_artifact(str(path), artifact_path="summary")
         for name, entry in summary["variants"].items():
             mlflow.log_metrics({f"{name}.{m}": s["mean"] for m, s in entry.items() if m.startswith("test_")})

@@ -55,6 +55,8 @@ def test_first_repro_runs_every_stage(pipeline):
     assert "test_top1" not in summary["variants"]["triplet"]  # metric-only head: no classifier accuracy
     assert 0 <= summary["variants"]["baseline"]["test_top1"]["mean"] <= 1
     assert "| baseline |" in (repo / "metrics/summary.md").read_text()
+    for png in ("summary.png", "val_curves.png", "recognizer/baseline-0/curves.png"):
+        assert (repo / "metrics" / png).read_bytes()[:4] == b"\x89PNG", png
     assert (repo / "models/recognizer/baseline-0/best.pt").is_file()
     shown = _run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
     assert "metrics/summary.json" in shown and "metrics/recognizer/triplet-0/final.json" in shown

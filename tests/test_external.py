@@ -142,21 +142,15 @@ def test_coco_single_file_is_split_stratified(tiny_params, source_coco, prepared
     assert again["hash"] == card["hash"]  # the split is seeded
 
 
-def test_voc_round_trip_with_subfolders_and_image_sets(tiny_params, source_coco, prepared_root, tmp_path):
-    src = write_voc(tmp_path / "src", source_coco, prepared_root)
-    prepare(_params(tiny_params, "voc", src), tmp_path / "out")
+@pytest.mark.parametrize("source,writer", [("voc", write_voc), ("yolo", write_yolo)])
+def test_voc_and_yolo_round_trip(tiny_params, source_coco, prepared_root, tmp_path, source, writer):
+    src = writer(tmp_path / "src", source_coco, prepared_root)
+    prepare(_params(tiny_params, source, src), tmp_path / "out")
     imported = _imported(tmp_path / "out")
     for split in SPLITS:
         assert _boxes(imported[split]) == _boxes(source_coco[split])
-    assert imported["train"]["images"][0]["original_file"].startswith("Annotations/train/")
-
-
-def test_yolo_round_trip(tiny_params, source_coco, prepared_root, tmp_path):
-    src = write_yolo(tmp_path / "src", source_coco, prepared_root)
-    prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
-    imported = _imported(tmp_path / "out")
-    for split in SPLITS:
-        assert _boxes(imported[split]) == _boxes(source_coco[split])
+    if source == "voc":  # class-style subfolders and ImageSets splits
+        assert imported["train"]["images"][0]["original_file"].startswith("Annotations/train/")
 
 
 def test_folders_become_whole_image_crops(tiny_params, tiny_crops, tmp_path):

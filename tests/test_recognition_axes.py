@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import config
 from skulab.errors import SkulabError
 from skulab.recognition.augment import AUGMENTS, eval_transform, train_transform
+from skulab.recognition.evaluation import embed
 from skulab.recognition.backbones import BACKBONES, create_backbone
 from skulab.recognition.head import Recognizer, RecognizerOutput
 from skulab.recognition.losses import LOSSES, WeightedLoss
@@ -44,6 +45,19 @@ def test_bnneck_splits_metric_and_classifier_features():
     assert not torch.allclose(out.embedding, out.feature)
     assert not model.bnneck.bias.requires_grad
     assert torch.allclose(out.logits, model.classifier(out.feature))
+
+
+@pytest.mark.parametrize("after_bnneck", [True, False])
+def test_retrieval_features_follow_the_head(after_bnneck):
+    """Classifier heads retrieve after the BNNeck; metric-only heads with the embedding their loss trained."""
+    model = Recognizer("mobilenetv3_small", num_classes=3, embedding_dim=8).eval()
+    images = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8)
+    transform = eval_transform(32)
+    features, logits = embed(model, images, transform, after_bnneck)
+    with torch.no_grad():
+        out = model(transform(images))
+    assert torch.allclose(features, out.feature if after_bnneck else out.embedding)
+    assert torch.allclose(logits, out.logits)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

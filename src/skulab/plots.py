@@ -59,3 +59,23 @@ def plot_box_sizes(coco_by_split: dict[str, dict], path: Path) -> None:
     axes[0].set_ylabel("boxes")
     axes[0].legend()
     _save(fig, path)
+
+
+def plot_val_curves(histories: dict[str, dict[int, list[dict]]], metric: str, path: Path) -> None:
+    """`metric` per epoch for every cell, one colour per variant, one line per seed."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab20")
+    for index, (variant, by_seed) in enumerate(sorted(histories.items())):
+        for number, history in enumerate(by_seed.values()):
+            ax.plot(
+                [row["epoch"] for row in history],
+                [float(row[metric]) for row in history],
+                color=colours(index % 20),
+                label=variant if number == 0 else None,
+                alpha=0.85,
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    _save(fig, path)

@@ -1,5 +1,6 @@
 """The evaluate stage: every recognizer cell into one table, mean and std over seeds per variant."""
 
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 from skulab.errors import SkulabError
 from skulab.io import write_json_atomic, write_text_atomic
 from skulab.layout import recognizer_cell
-from skulab.plots import plot_summary
+from skulab.plots import plot_summary, plot_val_curves
 
 TEST_METRICS = ("test_top1", "test_proto_acc", "test_precision_at_1", "test_map_at_r")
 
@@ -15,6 +16,15 @@ TEST_METRICS = ("test_top1", "test_proto_acc", "test_precision_at_1", "test_map_
 def _mean_std(values: list[float]) -> dict:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def load_histories(metrics_root: Path, cells: dict[str, dict[int, dict]]) -> dict[str, dict[int, list[dict]]]:
+    histories: dict[str, dict[int, list[dict]]] = {}
+    for variant, by_seed in cells.items():
+        for seed in by_seed:
+            with open(metrics_root / recognizer_cell(variant, seed) / "history.csv", newline="") as f:
+                histories.setdefault(variant, {})[seed] = list(csv.DictReader(f))
+    return histories
 
 
 def load_cells(metrics_root: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
@@ -71,10 +81,11 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(summary: dict, out_dir: Path) -> list[Path]:
-    paths = [out_dir / "summary.json", out_dir / "summary.md", out_dir / "summary.png"]
+def write_summary(summary: dict, histories: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[Path]:
+    paths = [out_dir / "summary.json", out_dir / "summary.md", out_dir / "summary.png", out_dir / "val_curves.png"]
     write_json_atomic(paths[0], summary)
     write_text_atomic(paths[1], markdown_table(summary))
     stats = {name: ranking_stats(entry, summary["rank_by"]) for name, entry in summary["variants"].items()}
     plot_summary(stats, summary["rank_by"], paths[2])
+    plot_val_curves(histories, "val_proto_acc", paths[3])
     return paths

@@ -2,6 +2,7 @@
 
 Metric losses see the embedding before the BN; the classifier and retrieval use the one after it,
 so classification and metric losses can be combined without fighting over one feature space.
+(A metric-only head retrieves with the embedding before the BN: see evaluation.embed.)
 """
 
 from dataclasses import dataclass

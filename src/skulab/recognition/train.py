@@ -103,8 +103,8 @@ class CellTrainer:
 
     def _evaluate(self, model, train: CropSet, query: CropSet) -> tuple[dict, torch.Tensor]:
         transform = eval_transform(self.config.image_size)
-        gallery, _ = evaluation.embed(model, train.images, transform)
-        features, logits = evaluation.embed(model, query.images, transform)
+        gallery, _ = evaluation.embed(model, train.images, transform, self.has_classifier)
+        features, logits = evaluation.embed(model, query.images, transform, self.has_classifier)
         num_classes = len(train.class_names)
         metrics = evaluation.score(
             gallery, train.labels, features, logits, query.labels, num_classes, self.has_classifier
