@@ -72,6 +72,17 @@ def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tiny_crops, tm
     assert same.resumable()["epoch"] == 1
 
 
+def test_finished_run_is_trained_again_not_resumed(tiny_params, tiny_crops, tmp_path):
+    """DVC deletes a cell's metric files before rerunning it; a finished checkpoint must not be reused."""
+    first, trainer = _fit(config(tiny_params), tiny_crops, tmp_path)
+    assert trainer.resumable() is None
+    for path in (tmp_path / "metrics").iterdir():
+        path.unlink()
+    second, _ = _fit(config(tiny_params), tiny_crops, tmp_path, checkpoint_from=True)
+    assert _scores(second) == _scores(first)
+    assert (tmp_path / "metrics" / "history.csv").is_file()
+
+
 def test_metric_only_head_reports_prototype_accuracy(tiny_params, tiny_crops, tmp_path):
     final, trainer = _fit(config(tiny_params, loss={"multi_similarity": 1.0}), tiny_crops, tmp_path)
     assert trainer.selection_metric() == "val_proto_acc"

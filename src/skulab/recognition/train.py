@@ -1,7 +1,7 @@
 """Train one recognizer cell (variant x seed): select on val, report on test, resume from last.pt.
 
-A checkpoint is only resumed when its fingerprint (config, seed, crops) matches, so a stale
-checkpoint from an edited variant is never continued. RNG states are checkpointed too, so an
+Only an interrupted run is resumed, and only when its fingerprint (config, seed, crops, code)
+matches, so a stale checkpoint from an edited variant is never continued. RNG states are checkpointed too, so an
 interrupted and resumed run ends with the same metrics as an uninterrupted one.
 """
 
@@ -56,6 +56,12 @@ def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     loader_generator.set_state(state["loader"])
 
 
+def _code_hash() -> str:
+    """The recognizer code's hash: a checkpoint written by other code is not resumed."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return params_hash({path.name: path.read_text() for path in sources})
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,7 +81,7 @@ class CellTrainer:
         self.crops, self.model_dir, self.metrics_dir = crops, model_dir, metrics_dir
         manifest = crops / "manifest.csv"
         crops_hash = params_hash(manifest.read_text()) if manifest.is_file() else "none"
-        self.fingerprint = params_hash({"config": config, "seed": seed, "crops": crops_hash})
+        self.fingerprint = params_hash({"config": config, "seed": seed, "crops": crops_hash, "code": _code_hash()})
         self.has_classifier = uses_classifier(config.loss)
 
     @property
@@ -87,11 +93,17 @@ class CellTrainer:
         return self.model_dir / "best.pt"
 
     def resumable(self) -> dict | None:
-        """The last checkpoint if it belongs to this exact cell, else None (it will be overwritten)."""
+        """The last checkpoint of an interrupted run of this exact cell, else None (start over).
+
+        A finished run is never resumed: DVC only reruns a finished cell when something it
+        depends on changed (or on --force), and then the cell must train again.
+        """
         if not self.last_path.is_file():
             return None
         checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        return checkpoint if checkpoint.get("fingerprint") == self.fingerprint else None
+        if checkpoint.get("fingerprint") != self.fingerprint or checkpoint["epoch"] >= self.config.epochs:
+            return None
+        return checkpoint
 
     def _loader(self, train: CropSet, generator: torch.Generator) -> DataLoader:
         cfg = self.config
