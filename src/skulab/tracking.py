@@ -6,16 +6,15 @@ hash of the params the stage read and the dataset hash, so runs can be compared 
 
 import contextlib
 import fcntl
-import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
+
 from skulab.errors import SkulabError
 from skulab.params import flatten, params_hash
-
-log = logging.getLogger(__name__)
 
 
 def repo_root() -> Path:
@@ -35,8 +34,6 @@ def tracking_uri() -> str:
 
 def ensure_experiment(name: str) -> str:
     """Create the store and experiment once, under a file lock (concurrent schema creation crashes)."""
-    import mlflow
-
     root = repo_root()
     mlflow.set_tracking_uri(tracking_uri())
     with open(root / ".mlflow.lock", "w") as lock:
@@ -70,8 +67,6 @@ def stage_run(
     run_id: str | None = None,
 ) -> Iterator[Any]:
     """Open (or, with `run_id`, reopen) the MLflow run of one DVC stage cell, params logged flat."""
-    import mlflow
-
     experiment_id = ensure_experiment(experiment)
     tags = {
         "dvc.stage": stage,
@@ -84,7 +79,7 @@ def stage_run(
         if run_id is not None:
             mlflow.set_tags(tags)
         mlflow.set_tag("mlflow.runName", stage)
-        flat = {key: value for key, value in flatten(params).items()}
+        flat = flatten(params)
         if flat:
             mlflow.log_params(flat)
         yield run

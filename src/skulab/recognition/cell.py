@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from skulab.errors import SkulabError
 from skulab.io import write_json_atomic
 from skulab.layout import RECOGNIZER_METRICS, RECOGNIZER_MODELS, recognizer_cell
@@ -15,9 +18,6 @@ def _existing_run(run_id: str | None) -> str | None:
     """The checkpoint's MLflow run, if the store still has it (else a new run is started)."""
     if run_id is None:
         return None
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     try:
         MlflowClient().get_run(run_id)
     except MlflowException:
