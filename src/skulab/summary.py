@@ -86,6 +86,6 @@ def write_summary(summary: dict, histories: dict[str, dict[int, list[dict]]], ou
     write_json_atomic(paths[0], summary)
     write_text_atomic(paths[1], markdown_table(summary))
     stats = {name: ranking_stats(entry, summary["rank_by"]) for name, entry in summary["variants"].items()}
-    plot_summary(stats, summary["rank_by"], paths[2])
+    plot_summary(stats, f"{summary['rank_by']} (metric-only heads: test_proto_acc)", paths[2])
     plot_val_curves(histories, "val_proto_acc", paths[3])
     return paths
