@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from skulab.errors import SkulabError
+
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -29,6 +31,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; invalid JSON is a one-line SkulabError naming the file and line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise SkulabError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -1,11 +1,11 @@
 """The internal dataset layout: images/<split>/..., annotations/<split>.json (COCO), card.json."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from skulab.errors import SkulabError
+from skulab.io import read_json
 from skulab.layout import SPLITS, annotations_file, card_file
 
 
@@ -16,11 +16,9 @@ def coco_dict(images: list[dict], annotations: list[dict], categories: list[dict
 def load_split(root: Path, split: str) -> dict:
     path = annotations_file(root, split)
     try:
-        coco = json.loads(path.read_text())
+        coco = read_json(path)
     except FileNotFoundError:
         raise SkulabError(f"{path}: annotations missing; run the prepare stage first") from None
-    except json.JSONDecodeError as exc:
-        raise SkulabError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     if not coco.get("images"):
         raise SkulabError(f"{path}: split '{split}' has no images")
     return coco
@@ -29,7 +27,7 @@ def load_split(root: Path, split: str) -> dict:
 def load_card(root: Path) -> dict:
     path = card_file(root)
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         raise SkulabError(f"{path}: dataset card missing; run the prepare stage first") from None
 

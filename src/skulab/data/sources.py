@@ -5,14 +5,15 @@ and the problems it met while parsing (unknown class, malformed line), each nami
 the line or object. Validation and splitting happen afterwards, the same for every format.
 """
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from PIL import Image
 
 from skulab.errors import SkulabError
+from skulab.io import read_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -76,10 +77,7 @@ def _require(path: Path, what: str) -> Path:
 
 def _read_coco_file(ann_path: Path, images_dir: Path, root: Path, split: str | None, data: SourceData) -> None:
     where = _rel(ann_path, root)
-    try:
-        coco = json.loads(ann_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SkulabError(f"{ann_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    coco = read_json(ann_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise SkulabError(f"{ann_path}: not a COCO detection file (no '{key}' list)")
@@ -129,13 +127,13 @@ def _voc_image(xml_path: Path, filename: str, root: Path, by_name: dict[str, lis
     return matches[0] if len(matches) == 1 else None
 
 
-def _voc_splits(root: Path) -> dict[str, str]:
-    """ImageSets/Main/{train,val,test}.txt, if present: image stem -> split."""
+def _split_lists(folder: Path) -> dict[str, str]:
+    """folder/{train,val,test}.txt, those present: each non-empty line (stripped) -> its split."""
     splits = {}
     for split in ("train", "val", "test"):
-        path = root / "ImageSets" / "Main" / f"{split}.txt"
+        path = folder / f"{split}.txt"
         if path.is_file():
-            splits.update({line.split()[0]: split for line in path.read_text().splitlines() if line.strip()})
+            splits.update({line.strip(): split for line in path.read_text().splitlines() if line.strip()})
     return splits
 
 
@@ -147,7 +145,8 @@ def read_voc(root: Path, classes: list[str] | None) -> SourceData:
     by_name: dict[str, list[Path]] = {}
     for image in _images_under(root):
         by_name.setdefault(image.name, []).append(image)
-    splits = _voc_splits(root)
+    # ImageSets lines are "<stem>" or, in per-class lists, "<stem> <flag>"
+    splits = {line.split()[0]: split for line, split in _split_lists(root / "ImageSets" / "Main").items()}
     data = SourceData([], list(classes or []), has_boxes=True)
     for xml_path in xml_files:
         where = _rel(xml_path, root)
@@ -207,12 +206,10 @@ def _yolo_label_file(image: Path) -> Path:
 
 def read_yolo(root: Path, data_yaml: str) -> SourceData:
     """data.yaml with `names` and train/val/test image folders; labels as class cx cy w h (relative)."""
-    from PIL import Image
-
     config_path = _require(root / data_yaml, "YOLO data.yaml")
     config = yaml.safe_load(config_path.read_text()) or {}
     names = _yolo_names(config, config_path)
-    base = root / config.get("path", ".") if not Path(str(config.get("path", "."))).is_absolute() else Path(config["path"])
+    base = root / str(config.get("path", "."))  # an absolute `path` replaces root
     data = SourceData([], names, has_boxes=True)
     split_dirs = {split: config[split] for split in ("train", "val", "test") if config.get(split)}
     if not split_dirs:
@@ -254,11 +251,7 @@ def read_yolo(root: Path, data_yaml: str) -> SourceData:
 
 def read_folders(root: Path) -> SourceData:
     """<class>/[<sub>/...]/image: the class is the folder path; optional splits/{train,val,test}.txt."""
-    split_of = {}
-    for split in ("train", "val", "test"):
-        listing = root / "splits" / f"{split}.txt"
-        if listing.is_file():
-            split_of.update({line.strip(): split for line in listing.read_text().splitlines() if line.strip()})
+    split_of = _split_lists(root / "splits")
     data = SourceData([], [], has_boxes=False)
     for image in _images_under(root):
         rel = image.relative_to(root)
