@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from skulab.crop import crop_dataset
+from skulab.data.coco import load_card
 from skulab.data.prepare import prepare
 from skulab.params import Params, RecognizerConfig, load_params
 
@@ -22,6 +23,24 @@ TINY = {
             "shelf_rows": 2,
         }
     },
+    "detector": {
+        "base": {
+            "input_size": [192, 160],
+            "fpn_channels": 16,
+            "rpn_nms_pre": 200,
+            "rpn_max_per_img": 50,
+            "rcnn_sampler_num": 32,
+            "fc_out_channels": 32,
+            "warmup_iters": 2,
+            "epochs": 2,
+            "milestones": [1],
+        },
+        "variants": {
+            "faster_rcnn": {"config": "configs/detectors/faster_rcnn.py"},
+            "retinanet": {"config": "configs/detectors/retinanet.py", "lr": 0.01},
+        },
+    },
+    "crop": {"score_threshold": 0.05},
     "recognizer": {
         "base": {"image_size": 32, "epochs": 3, "batch_size": 16, "milestones": [2], "embedding_dim": 32},
         "variants": {"baseline": {}, "triplet": {"loss": {"triplet": 1.0}}},
@@ -45,7 +64,11 @@ def repo_params() -> dict:
 
 
 def write_params(path: Path, data: dict) -> Path:
+    """params.yaml at `path`, next to a link to the repo's configs/ (params name detector configs by path)."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    configs = path.parent / "configs"
+    if not configs.exists():
+        configs.symlink_to(REPO / "configs")
     return path
 
 
@@ -61,12 +84,19 @@ def tiny_params(tmp_path_factory) -> Params:
 
 
 @pytest.fixture(scope="session")
-def tiny_crops(tmp_path_factory, tiny_params) -> Path:
-    """A tiny synthetic dataset, prepared and cropped: data/crops layout."""
-    root = tmp_path_factory.mktemp("data")
-    card, _ = prepare(tiny_params.prepare, root / "prepared")
-    crop_dataset(root / "prepared", root / "crops", tiny_params.crop, card["hash"])
-    return root / "crops"
+def tiny_prepared(tmp_path_factory, tiny_params) -> Path:
+    """A tiny synthetic dataset, prepared: data/prepared layout."""
+    root = tmp_path_factory.mktemp("data") / "prepared"
+    prepare(tiny_params.prepare, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_crops(tmp_path_factory, tiny_params, tiny_prepared) -> Path:
+    """The tiny dataset cropped from ground-truth boxes: data/crops layout."""
+    root = tmp_path_factory.mktemp("crops") / "crops"
+    crop_dataset(tiny_prepared, root, tiny_params.crop, load_card(tiny_prepared)["hash"])
+    return root
 
 
 def config(tiny_params: Params, **overrides) -> RecognizerConfig:

@@ -1,5 +1,6 @@
 """The whole DVC pipeline on a tiny params override, in a temporary copy of the repo."""
 
+import csv
 import json
 import os
 import re
@@ -32,7 +33,7 @@ def _run(args, cwd, check=True):
 def pipeline(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "configs"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
     write_params(repo / "params.yaml", deep_merge(repo_params(), TINY))
@@ -47,7 +48,7 @@ def pipeline(tmp_path_factory):
 
 def test_first_repro_runs_every_stage(pipeline):
     repo, first = pipeline
-    for stage in ("prepare", "crop", "train_recognizer@baseline-0", "train_recognizer@triplet-1", "evaluate"):
+    for stage in ("prepare", "train_detector@faster_rcnn", "train_detector@retinanet", "crop", "train_recognizer@baseline-0", "train_recognizer@triplet-1", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     summary = json.loads((repo / "metrics/summary.json").read_text())
     assert set(summary["variants"]) == {"baseline", "triplet"}
@@ -60,6 +61,25 @@ def test_first_repro_runs_every_stage(pipeline):
     assert (repo / "models/recognizer/baseline-0/best.pt").is_file()
     shown = _run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
     assert "metrics/summary.json" in shown and "metrics/recognizer/triplet-0/final.json" in shown
+    assert "metrics/detector/retinanet/final.json" in shown
+
+
+def test_detectors_feed_the_test_crops(pipeline):
+    repo, _ = pipeline
+    for name in ("faster_rcnn", "retinanet"):
+        assert (repo / f"models/detector/{name}/best.pth").is_file()
+        assert (repo / f"data/detections/{name}/test.bbox.json").is_file()
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    best = max(summary["detectors"], key=lambda name: summary["detectors"][name]["val_bbox_mAP"])
+    assert summary["test_crops_from"] == best
+    with open(repo / "data/crops/manifest.csv", newline="") as f:
+        test_rows = [row for row in csv.DictReader(f) if row["split"] == "test"]
+    assert test_rows and {(row["origin"], row["detector"]) for row in test_rows} == {("detection", best)}
+    stats = json.loads((repo / "data/crops/stats.json").read_text())["test"]
+    assert stats["matched"] + stats["missed_gt"] == stats["gt_boxes"]
+    assert "| retinanet |" in (repo / "metrics/summary.md").read_text()
+    plots = _run([BIN / "dvc", "plots", "show", "--json"], repo).stdout
+    assert "metrics/detector/faster_rcnn/history.csv" in plots
 
 
 def test_nothing_to_do_after_repro(pipeline):
@@ -75,7 +95,12 @@ def test_mlflow_has_one_tagged_run_per_cell(pipeline):
     runs = mlflow.search_runs(experiment_names=["skulab"])
     stages = sorted(runs["tags.dvc.stage"])
     cells = [f"train_recognizer@{v}-{s}" for v in ("baseline", "triplet") for s in (0, 1)]
-    assert stages == sorted(["prepare", "crop", "evaluate", *cells])
+    detectors = ["train_detector@faster_rcnn", "train_detector@retinanet"]
+    assert stages == sorted(["prepare", "crop", "evaluate", *detectors, *cells])
+    detector_run = runs[runs["tags.dvc.stage"] == "train_detector@retinanet"].iloc[0]
+    history = mlflow.MlflowClient().get_metric_history(detector_run["run_id"], "val_bbox_mAP")
+    assert [m.step for m in history] == [1, 2]
+    assert detector_run["params.lr"] == "0.01" and detector_run["tags.dataset.hash"] == runs["tags.dataset.hash"].iloc[0]
     assert (runs["tags.mlflow.runName"] == runs["tags.dvc.stage"]).all()
     card_hash = json.loads((repo / "data/prepared/card.json").read_text())["hash"]
     trained = runs[runs["tags.dvc.stage"].str.startswith("train_recognizer@")]
@@ -99,6 +124,17 @@ def test_editing_one_variant_reruns_only_its_cells(pipeline):
     rerun = _run([BIN / "dvc", "repro"], repo).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", rerun))
     assert ran == {"train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate"}
+
+
+def test_editing_one_detector_reruns_only_its_cell(pipeline):
+    repo, _ = pipeline
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["detector"]["variants"]["retinanet"]["lr"] = 0.005
+    write_params(repo / "params.yaml", params)
+    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", rerun))
+    assert {stage for stage in ran if stage.startswith("train_detector@")} == {"train_detector@retinanet"}
+    assert {"crop", "evaluate"} <= ran  # the best detector may have changed
 
 
 def test_adding_a_variant_runs_only_its_cells(pipeline):

@@ -17,8 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "check":
         params = load_params(args.params)
-        cells = len(params.recognizer.variants) * len(params.recognizer.seeds)
-        print(f"{args.params}: ok ({len(params.recognizer.variants)} recognizer variants x {len(params.recognizer.seeds)} seeds = {cells} cells)")
+        recognizer, detectors = params.recognizer, list(params.detector.variants)
+        cells = len(recognizer.variants) * len(recognizer.seeds)
+        print(
+            f"{args.params}: ok ({len(detectors)} detectors: {', '.join(detectors)}; "
+            f"{len(recognizer.variants)} recognizer variants x {len(recognizer.seeds)} seeds = {cells} cells)"
+        )
     else:
         from skulab.tracking import ensure_experiment, tracking_uri
 

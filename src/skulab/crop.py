@@ -1,20 +1,30 @@
 """The crop stage: cut every product out of its box into a crop dataset with a manifest.
 
-All splits are cropped from ground-truth boxes. The manifest records where each crop came from
-(source image, box, class, split) and its origin, so detector crops can join the same table.
+Train and val crops come from ground-truth boxes (what the recognizer learns from). Test crops come
+from a trained detector's boxes, each labelled with the class of the ground-truth box it matches
+(IoU >= crop.match_iou) or as background, and the ground-truth boxes no detection found are counted:
+the recognizer's test scores are then end to end. The manifest records each crop's source image,
+box, class, origin, detector, score and IoU.
 """
 
 import csv
 import io
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from skulab.data.coco import class_names, load_split
-from skulab.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from skulab.matching import match
+from skulab.errors import SkulabError
+from skulab.io import atomic_path, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from skulab.layout import SPLITS
 from skulab.params import CropParams
+
+BACKGROUND_ID, BACKGROUND = -1, "background"
+SELECT_METRIC = "val_bbox_mAP"
 
 MANIFEST_FIELDS = ("crop", "split", "source_image", "x", "y", "w", "h", "class_id", "class_name", "origin", "detector", "score", "iou")
 
@@ -27,7 +37,28 @@ def padded_box(x: float, y: float, w: float, h: float, padding: float, width: in
     return left, top, right, bottom
 
 
+def choose_detector(choice: str, variants: list[str], metrics_root: Path) -> str | None:
+    """The detector whose boxes give the test crops: a named cell, the best by val mAP, or None."""
+    if choice == "none":
+        return None
+    names = variants if choice == "best" else [choice]
+    scores = {}
+    for name in names:
+        path = metrics_root / name / "final.json"
+        if not path.is_file():
+            raise SkulabError(f"{path}: missing; run `dvc repro train_detector@{name}` first (crop.detector: {choice})")
+        scores[name] = read_json(path)[SELECT_METRIC]
+    return max(scores, key=lambda name: (scores[name], -names.index(name)))
+
+
+def _save_crop(image: Image.Image, box: tuple[int, int, int, int], out: Path, crop_name: str) -> None:
+    buffer = io.BytesIO()
+    image.crop(box).save(buffer, format="PNG")
+    write_bytes_atomic(out / "images" / crop_name, buffer.getvalue())
+
+
 def crop_split(prepared: Path, out: Path, split: str, params: CropParams) -> tuple[list[dict], int]:
+    """Ground-truth crops of one split, and how many boxes were too small to crop."""
     coco = load_split(prepared, split)
     names = class_names(coco)
     images = {info["id"]: info for info in coco["images"]}
@@ -45,9 +76,7 @@ def crop_split(prepared: Path, out: Path, split: str, params: CropParams) -> tup
             current_id = ann["image_id"]
         box = padded_box(x, y, w, h, params.padding, image.width, image.height)
         crop_name = f"{split}/{ann['id']:07d}.png"
-        buffer = io.BytesIO()
-        image.crop(box).save(buffer, format="PNG")
-        write_bytes_atomic(out / "images" / crop_name, buffer.getvalue())
+        _save_crop(image, box, out, crop_name)
         rows.append(
             {
                 "crop": crop_name,
@@ -63,15 +92,85 @@ def crop_split(prepared: Path, out: Path, split: str, params: CropParams) -> tup
     return rows, too_small
 
 
-def crop_dataset(prepared: Path, out: Path, params: CropParams, dataset_hash: str) -> dict:
-    """Write crops, manifest.csv, classes.json and stats.json to `out` atomically; return the stats."""
-    stats: dict = {"dataset_hash": dataset_hash}
+def load_detections(path: Path, image_ids: set[int]) -> dict[int, list[dict]]:
+    """mmdet's COCO results file (image_id, bbox, score), grouped by image."""
+    if not path.is_file():
+        raise SkulabError(f"{path}: detections missing; run the detector's train_detector stage first")
+    results = read_json(path)
+    if not isinstance(results, list) or any(not {"image_id", "bbox", "score"} <= set(r) for r in results):
+        raise SkulabError(f"{path}: expected a COCO results list of {{image_id, bbox, score}}")
+    by_image = defaultdict(list)
+    for result in results:
+        if result["image_id"] not in image_ids:
+            raise SkulabError(f"{path}: image_id {result['image_id']} is not in the test split")
+        by_image[result["image_id"]].append(result)
+    return by_image
+
+
+def crop_detections(prepared: Path, out: Path, params: CropParams, detector: str, detections: Path) -> tuple[list[dict], dict]:
+    """Test crops from a detector's boxes, matched to ground truth; returns the rows and counts."""
+    coco = load_split(prepared, "test")
+    names = class_names(coco)
+    truths = defaultdict(list)
+    for ann in coco["annotations"]:
+        truths[ann["image_id"]].append(ann)
+    found = load_detections(detections, {info["id"] for info in coco["images"]})
+    rows, counts = [], {"gt_boxes": len(coco["annotations"]), "matched": 0, "background": 0, "missed_gt": 0, "skipped_too_small": 0}
+    for info in tqdm(sorted(coco["images"], key=lambda i: i["id"]), desc=f"crop test ({detector})", unit="image"):
+        kept = [d for d in found[info["id"]] if d["score"] >= params.score_threshold]
+        kept = sorted(kept, key=lambda d: -d["score"])[: params.max_detections]
+        gts = truths[info["id"]]
+        matched, ious = match(
+            np.array([d["bbox"] for d in kept]).reshape(-1, 4),
+            np.array([d["score"] for d in kept]),
+            np.array([g["bbox"] for g in gts]).reshape(-1, 4),
+            params.match_iou,
+        )
+        counts["missed_gt"] += len(gts) - int((matched >= 0).sum())
+        with Image.open(prepared / "images" / info["file_name"]) as opened:
+            image = opened.convert("RGB")
+        for rank, (det, truth, iou) in enumerate(zip(kept, matched, ious)):
+            x, y, w, h = det["bbox"]
+            if min(w, h) < params.min_box_size:
+                counts["skipped_too_small"] += 1
+                continue
+            class_id = gts[truth]["category_id"] if truth >= 0 else BACKGROUND_ID
+            counts["matched" if truth >= 0 else "background"] += 1
+            crop_name = f"test/{info['id']:07d}_{rank:03d}.png"
+            _save_crop(image, padded_box(x, y, w, h, params.padding, image.width, image.height), out, crop_name)
+            rows.append(
+                {
+                    "crop": crop_name,
+                    "split": "test",
+                    "source_image": info["file_name"],
+                    "x": round(x, 2), "y": round(y, 2), "w": round(w, 2), "h": round(h, 2),
+                    "class_id": class_id,
+                    "class_name": names[class_id] if truth >= 0 else BACKGROUND,
+                    "origin": "detection",
+                    "detector": detector,
+                    "score": round(det["score"], 5),
+                    "iou": round(float(iou), 4),
+                }
+            )
+    counts["crops"] = len(rows)
+    return rows, counts
+
+
+def crop_dataset(prepared: Path, out: Path, params: CropParams, dataset_hash: str, detector: str | None = None, detections: Path | None = None) -> dict:
+    """Write crops, manifest.csv, classes.json and stats.json to `out` atomically; return the stats.
+
+    With a `detector`, the test crops come from its `detections` file instead of ground truth.
+    """
+    stats: dict = {"dataset_hash": dataset_hash, "test_detector": detector or "none"}
     with atomic_path(out) as root:
         rows = []
         for split in SPLITS:
-            split_rows, too_small = crop_split(prepared, root, split, params)
+            if split == "test" and detector is not None:
+                split_rows, stats[split] = crop_detections(prepared, root, params, detector, detections)
+            else:
+                split_rows, too_small = crop_split(prepared, root, split, params)
+                stats[split] = {"crops": len(split_rows), "skipped_too_small": too_small, "gt_boxes": len(split_rows) + too_small}
             rows += split_rows
-            stats[split] = {"crops": len(split_rows), "skipped_too_small": too_small}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()

@@ -5,8 +5,11 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 PREPARED = Path("data/prepared")
 CROPS = Path("data/crops")
+DETECTIONS = Path("data/detections")
+DETECTOR_MODELS = Path("models/detector")
 RECOGNIZER_MODELS = Path("models/recognizer")
 METRICS = Path("metrics")
+DETECTOR_METRICS = METRICS / "detector"
 RECOGNIZER_METRICS = METRICS / "recognizer"
 
 

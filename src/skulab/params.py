@@ -7,7 +7,7 @@ silent fallback. Each stage validates the sections it reads; `skulab check` vali
 import json
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -108,6 +108,87 @@ class PrepareParams(Strict):
 class CropParams(Strict):
     padding: float = Field(ge=0, le=0.5, description="context added around each box, as a fraction of its size")
     min_box_size: int = Field(ge=1, description="boxes smaller than this (px) are counted and not cropped")
+    detector: Name = Field(description="test crops from this detector cell's boxes; best = highest val mAP; none = ground truth")
+    score_threshold: Fraction
+    max_detections: int = Field(ge=1, description="per image, highest scores first")
+    match_iou: float = Field(gt=0, le=1, description="a detection takes the class of a ground-truth box it overlaps this much")
+
+
+BACKBONE_DEPTHS = (18, 34, 50, 101)
+
+
+class DetectorConfig(Strict):
+    """One detector training configuration: base merged with a variant's overrides."""
+
+    config: str = Field(description="an mmdet config file (configs/detectors/*.py)")
+    class_aware: bool = Field(description="false: one 'product' class; true: every SKU class")
+    backbone_depth: Literal[BACKBONE_DEPTHS]
+    pretrained: str = Field(description="none | download (ImageNet weights; needs network) | path to a checkpoint")
+    input_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]]
+    fpn_channels: int = Field(ge=8, le=1024)
+    rpn_nms_pre: int = Field(ge=1)
+    rpn_max_per_img: int = Field(ge=1)
+    rcnn_sampler_num: int = Field(ge=1)
+    fc_out_channels: int = Field(ge=8, le=4096)
+    roi_align: Literal["torchvision", "mmcv"]
+    optimizer: Literal["sgd", "adamw"]
+    lr: float = Field(gt=0, le=10)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0, le=1)
+    grad_clip: float = Field(ge=0, description="max gradient norm; 0 = off")
+    warmup_iters: int = Field(ge=0)
+    warmup_factor: float = Field(gt=0, le=1)
+    milestones: list[int]
+    gamma: float = Field(gt=0, le=1)
+    epochs: int = Field(ge=1, le=10000)
+    batch_size: int = Field(ge=1, le=1024)
+    num_workers: int = Field(ge=0, le=64)
+    seed: int = Field(ge=0)
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, value: str, info: ValidationInfo) -> str:
+        root = Path((info.context or {}).get("root", "."))
+        if not (root / value).is_file():
+            raise ValueError(f"config file '{value}' not found")
+        return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, value: str, info: ValidationInfo) -> str:
+        root = Path((info.context or {}).get("root", "."))
+        if value not in ("none", "download") and not (root / value).is_file():
+            raise ValueError(f"must be none, download or an existing checkpoint file; '{value}' not found")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.milestones != sorted(self.milestones) or any(not 0 < m < self.epochs for m in self.milestones):
+            raise ValueError(f"milestones {self.milestones} must be increasing epochs between 0 and epochs ({self.epochs})")
+        return self
+
+
+class GridParams(Strict):
+    """A base configuration and named variants that override some of its keys (one DVC cell each)."""
+
+    base: dict[str, Any]
+    variants: dict[Name, dict[str, Any] | None] = Field(min_length=1)
+    variant_keys: ClassVar[tuple[str, ...]] = ()  # keys each variant sets itself (dvc.yaml interpolates them)
+
+
+class DetectorParams(GridParams):
+    variant_keys: ClassVar[tuple[str, ...]] = ("config",)
+
+    @field_validator("variants")
+    @classmethod
+    def _not_reserved(cls, variants: dict) -> dict:
+        for name in variants:
+            if name in ("best", "none"):
+                raise ValueError(f"'{name}' is reserved (crop.detector: best | none); rename the variant")
+        return variants
+
+    def resolve(self, variant: str) -> DetectorConfig:
+        return DetectorConfig.model_validate({**self.base, **(self.variants[variant] or {})})
 
 
 class RecognizerConfig(Strict):
@@ -182,9 +263,7 @@ class RecognizerConfig(Strict):
         return self
 
 
-class RecognizerParams(Strict):
-    base: dict[str, Any]
-    variants: dict[Name, dict[str, Any]] = Field(min_length=1)
+class RecognizerParams(GridParams):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
 
     @field_validator("seeds")
@@ -206,6 +285,7 @@ class EvaluateParams(Strict):
 class Params(Strict):
     mlflow: MlflowParams
     prepare: PrepareParams
+    detector: DetectorParams
     crop: CropParams
     recognizer: RecognizerParams
     evaluate: EvaluateParams
@@ -228,26 +308,39 @@ def _raise(source: str, errors: list[str]):
     raise SkulabError(f"{source}: {errors[0]}{more}")
 
 
-def _validate_variants(recognizer: RecognizerParams, source: str, context: dict) -> None:
+def _validate_variants(section: str, grid: GridParams, schema: type[BaseModel], source: str, context: dict) -> None:
     errors = []
+    own = set(grid.variant_keys)
+    base_keys = own & set(grid.base)
+    if base_keys:
+        _raise(source, [f"{section}.base.{sorted(base_keys)[0]}: set it in each variant, not in base"])
     try:
-        RecognizerConfig.model_validate(recognizer.base, context=context)
+        schema.model_validate({**{key: None for key in own}, **grid.base}, context=context)
     except ValidationError as exc:
-        errors += [_format_error(e, ("recognizer", "base")) for e in exc.errors()]
+        errors += [_format_error(e, (section, "base")) for e in exc.errors() if not e["loc"] or e["loc"][0] not in own]
     if errors:
         _raise(source, errors)
-    for name, override in recognizer.variants.items():
+    for name, override in grid.variants.items():
         override = override or {}
         try:
-            RecognizerConfig.model_validate({**recognizer.base, **override}, context=context)
+            schema.model_validate({**grid.base, **override}, context=context)
         except ValidationError as exc:
             for e in exc.errors():
-                # Blame the variant when it set the key (or added an unknown one), else the base.
+                # Blame the variant when it set the key, added an unknown one or lacks its own key; else the base.
                 key = e["loc"][0] if e["loc"] else None
-                where = ("recognizer", "variants", name) if key in override or not e["loc"] else ("recognizer", "base")
-                errors.append(_format_error(e, where))
+                blame_variant = key in override or key in own or not e["loc"]
+                errors.append(_format_error(e, (section, "variants", name) if blame_variant else (section, "base")))
     if errors:
         _raise(source, errors)
+
+
+GRIDS = {"detector": DetectorConfig, "recognizer": RecognizerConfig}
+
+
+def _check_crop_detector(crop: CropParams, detector: DetectorParams, path: Path) -> None:
+    allowed = ("best", "none", *detector.variants)
+    if crop.detector not in allowed:
+        _raise(path, [f"crop.detector: unknown detector '{crop.detector}'; allowed: {', '.join(allowed)}"])
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict:
@@ -289,8 +382,11 @@ def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None
             errors += [_format_error(e, (name,)) for e in exc.errors()]
     if errors:
         _raise(path, errors)
-    if "recognizer" in values:
-        _validate_variants(values["recognizer"], str(path), context)
+    for section, schema in GRIDS.items():
+        if section in values:
+            _validate_variants(section, values[section], schema, str(path), context)
+    if "crop" in values and "detector" in values:
+        _check_crop_detector(values["crop"], values["detector"], path)
     return Params.model_construct(**values)
 
 

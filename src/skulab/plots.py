@@ -16,8 +16,12 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> None:
-    """Loss, learning rate and accuracies per epoch."""
+RECOGNIZER_SCORES = ("train_acc", "val_top1", "val_proto_acc", "val_precision_at_1", "val_map_at_r")
+DETECTOR_SCORES = ("val_bbox_mAP", "val_bbox_mAP_50", "val_bbox_mAP_75", "val_bbox_AR_100")
+
+
+def plot_history(history: list[dict], path: Path, title: str, scores: tuple[str, ...] = RECOGNIZER_SCORES, scores_title: str = "accuracy") -> None:
+    """Loss, learning rate and scores (accuracies, mAP) per epoch."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     loss_keys = [k for k in history[0] if k.startswith("train_loss")]
@@ -26,10 +30,10 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     axes[0].set_title("train loss")
     axes[1].plot(epochs, [row["lr"] for row in history])
     axes[1].set_title("learning rate (epoch start)")
-    for key in ("train_acc", "val_top1", "val_proto_acc", "val_precision_at_1", "val_map_at_r"):
+    for key in scores:
         if key in history[0]:
             axes[2].plot(epochs, [row[key] for row in history], label=key)
-    axes[2].set_title("accuracy")
+    axes[2].set_title(scores_title)
     axes[2].set_ylim(0, 1)
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -78,4 +82,20 @@ def plot_val_curves(histories: dict[str, dict[int, list[dict]]], metric: str, pa
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
+    _save(fig, path)
+
+
+def plot_detectors(detectors: dict[str, dict], metrics: tuple[str, ...], path: Path) -> None:
+    """Grouped bars: each detector's COCO scores side by side."""
+    names = list(detectors)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 3.5))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        xs = [n + (i - (len(metrics) - 1) / 2) * width for n in range(len(names))]
+        ax.bar(xs, [detectors[name][metric] for name in names], width, label=metric)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("COCO bbox")
+    ax.legend(fontsize=7)
+    ax.set_title("detectors")
     _save(fig, path)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from skulab.errors import SkulabError
 from skulab.params import flatten, params_hash
@@ -56,6 +58,17 @@ def git_state() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def existing_run(run_id: str | None) -> str | None:
+    """A checkpoint's MLflow run, if the store still has it (else the stage starts a new run)."""
+    if run_id is None:
+        return None
+    try:
+        MlflowClient(tracking_uri()).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id
 
 
 @contextlib.contextmanager

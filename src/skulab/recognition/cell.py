@@ -3,26 +3,12 @@
 import json
 from pathlib import Path
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from skulab.errors import SkulabError
 from skulab.io import write_json_atomic
 from skulab.layout import RECOGNIZER_METRICS, RECOGNIZER_MODELS, recognizer_cell
 from skulab.params import Params
 from skulab.recognition.train import CellTrainer
-from skulab.tracking import stage_run
-
-
-def _existing_run(run_id: str | None) -> str | None:
-    """The checkpoint's MLflow run, if the store still has it (else a new run is started)."""
-    if run_id is None:
-        return None
-    try:
-        MlflowClient().get_run(run_id)
-    except MlflowException:
-        return None
-    return run_id
+from skulab.tracking import existing_run, stage_run
 
 
 def train_cell(params: Params, variant: str, seed: int, crops: Path, stop_after_epochs: int | None = None) -> dict | None:
@@ -32,16 +18,17 @@ def train_cell(params: Params, variant: str, seed: int, crops: Path, stop_after_
     if seed not in recognizer.seeds:
         raise SkulabError(f"--seed: {seed} is not in recognizer.seeds {recognizer.seeds}")
     try:
-        dataset_hash = json.loads((crops / "stats.json").read_text())["dataset_hash"]
+        crop_stats = json.loads((crops / "stats.json").read_text())
     except FileNotFoundError:
         raise SkulabError(f"{crops / 'stats.json'}: missing; run the crop stage first") from None
+    dataset_hash = crop_stats["dataset_hash"]
     config = recognizer.resolve(variant)
     cell = recognizer_cell(variant, seed)
     stage = f"train_recognizer@{cell}"
     trainer = CellTrainer(config, seed, crops, RECOGNIZER_MODELS / cell, RECOGNIZER_METRICS / cell)
     checkpoint = trainer.resumable()
     logged = {"variant": variant, "seed": seed, **config.model_dump(mode="json")}
-    resumed_run = _existing_run(checkpoint["run_id"]) if checkpoint else None
+    resumed_run = existing_run(checkpoint["run_id"]) if checkpoint else None
     with stage_run(stage, params.mlflow.experiment, logged, dataset_hash, run_id=resumed_run) as run:
         run_id = run.info.run_id
         write_json_atomic(
@@ -53,6 +40,7 @@ def train_cell(params: Params, variant: str, seed: int, crops: Path, stop_after_
                 "overrides": recognizer.variants[variant] or {},
                 "run_id": run_id,
                 "dataset_hash": dataset_hash,
+                "test_detector": crop_stats["test_detector"],
             },
         )
         return trainer.fit(run_id, checkpoint, stop_after_epochs)

@@ -58,6 +58,17 @@ def score(gallery, gallery_labels, queries, query_logits, query_labels, num_clas
     return metrics
 
 
+def end_to_end(predictions: torch.Tensor, labels: torch.Tensor, crops: int, gt_boxes: int) -> dict:
+    """Detection and recognition together: products named right, over the ground-truth boxes (recall)
+    and over every test crop (precision), where background crops and missed boxes count as wrong.
+
+    `predictions` and `labels` cover the crops that show a product; the recognizer has no
+    background class, so every background crop is a wrong answer.
+    """
+    correct = int((predictions == labels).sum()) if len(labels) else 0
+    return {"e2e_recall": correct / gt_boxes if gt_boxes else 0.0, "e2e_precision": correct / crops if crops else 0.0}
+
+
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, float]:
     result = {}
     for index, name in enumerate(class_names):

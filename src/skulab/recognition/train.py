@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, write_json_atomic, write_text_atomic
+from skulab.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from skulab.params import RecognizerConfig, params_hash
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform, train_transform
@@ -222,8 +222,16 @@ class CellTrainer:
     def _finish(self, model, splits, history, best, run_id) -> dict:
         best_state = torch.load(self.best_path, map_location="cpu", weights_only=False)
         model.load_state_dict(best_state["model"])
-        test_metrics, predictions = self._evaluate(model, splits["train"], splits["test"])
-        test = splits["test"]
+        # Test crops may come from a detector: score recognition on those showing a product, and
+        # the whole chain over every crop and every ground-truth box (stats.json of the crop stage).
+        test = splits["test"].products()
+        if len(test.labels):
+            test_metrics, predictions = self._evaluate(model, splits["train"], test)
+        else:
+            tqdm.write("warning: no test crop shows a product (the detector matched none); end-to-end scores are 0")
+            test_metrics, predictions = {}, torch.empty(0, dtype=torch.int64)
+        gt_boxes = read_json(self.crops / "stats.json")["test"]["gt_boxes"]
+        test_metrics.update(evaluation.end_to_end(predictions, test.labels, len(splits["test"].labels), gt_boxes))
         best_row = history[best["epoch"] - 1]
         final = {
             "best_epoch": best["epoch"],

@@ -1,0 +1,9 @@
+# RetinaNet: one-stage, dense anchors with focal loss.
+# mmdet's shipped config, with a ResNet-18 backbone; the rest comes from params.yaml
+# (see faster_rcnn.py).
+_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+
+model = dict(
+    backbone=dict(depth=18, init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+)

@@ -1,0 +1,1 @@
+"""The detector stage on mmdetection: configs from params, training with MLflow, test detections."""

@@ -1,0 +1,234 @@
+"""Train one detector cell with mmengine's Runner: val mAP every epoch, test mAP and detections at the end.
+
+The stage owns MLflow logging (a hook writes each epoch to the stage's own run and to
+metrics/detector/<name>/history.csv) and the resume decision: an interrupted run continues from
+mmengine's last checkpoint only when its fingerprint (config, data, code) matches; anything else
+starts over in an emptied work dir.
+"""
+
+import csv
+import io
+import random
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from skulab.data.coco import class_names, load_split
+from skulab.detection.compat import trust_checkpoints_under
+from skulab.detection import metric  # noqa: F401  (registers ZeroIfEmptyCocoMetric)
+from skulab.detection.config import SELECT_METRIC, build_config
+from skulab.errors import SkulabError
+from skulab.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from skulab.layout import SPLITS
+from skulab.params import DetectorConfig, params_hash
+from skulab.plots import DETECTOR_SCORES, plot_history
+
+AGNOSTIC_CLASS = "product"
+
+
+def detector_annotations(prepared: Path, out: Path, class_aware: bool) -> tuple[dict[str, Path], list[str]]:
+    """The COCO files the detector trains on: every SKU class, or all boxes as one 'product' class."""
+    paths, names = {}, []
+    for split in SPLITS:
+        coco = load_split(prepared, split)
+        if not coco["annotations"]:
+            raise SkulabError(f"{prepared}/annotations/{split}.json: split '{split}' has no boxes to detect")
+        if class_aware:
+            names = [name for _, name in sorted(class_names(coco).items())]
+        else:
+            coco = {
+                **coco,
+                "categories": [{"id": 1, "name": AGNOSTIC_CLASS}],
+                "annotations": [{**ann, "category_id": 1} for ann in coco["annotations"]],
+            }
+            names = [AGNOSTIC_CLASS]
+        paths[split] = out / f"{split}.json"
+        write_json_atomic(paths[split], coco)
+    return paths, names
+
+
+def metric_name(key: str) -> str:
+    """mmdet's 'coco/bbox_AR@100' -> 'bbox_AR_100' (MLflow metric names allow no '@')."""
+    return key.removeprefix("coco/").replace("@", "_")
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+class StopAfterEpochs(Exception):
+    """Raised by the tracking hook to interrupt training on purpose (--stop-after-epochs)."""
+
+
+class TrackingHook(Hook):
+    """Per-epoch train losses, lr and val metrics to MLflow, history.csv and the cell's state file.
+
+    It also checkpoints the Python, NumPy and torch RNG states (mmengine keeps only the seed), so
+    a resumed run draws the same augmentations as an uninterrupted one.
+    """
+
+    priority = "LOWEST"  # after CheckpointHook has saved the epoch's checkpoints
+
+    def __init__(self, cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None):
+        self.cell, self.history, self.stop_after_epochs = cell, history, stop_after_epochs
+        self.epochs_run = 0
+
+    def before_train_epoch(self, runner) -> None:
+        self.sums, self.iters, self.started = {}, 0, time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        for key, value in (outputs or {}).items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+        self.iters += 1
+
+    def after_train_epoch(self, runner) -> None:
+        self.train_seconds = time.perf_counter() - self.started
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        row = {
+            "epoch": runner.epoch,
+            "lr": runner.optim_wrapper.get_lr()["lr"][0],
+            **{f"train_{key}": value / max(self.iters, 1) for key, value in self.sums.items()},
+            **{f"val_{metric_name(key)}": float(value) for key, value in (metrics or {}).items()},
+            "epoch_seconds": self.train_seconds,
+            "seconds_per_iter": self.train_seconds / max(self.iters, 1),
+        }
+        self.history.append(row)
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
+        self.cell.write_history(self.history)
+        self.cell.save_state(finished=False, history=self.history)
+        self.epochs_run += 1
+        if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
+            raise StopAfterEpochs
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["skulab_rng"] = _rng_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get("skulab_rng")
+        if state:
+            random.setstate(state["python"])
+            np.random.set_state(state["numpy"])
+            torch.set_rng_state(state["torch"])
+
+
+def _code_hash(config_file: Path) -> str:
+    """This package's code and the detector's config file: a checkpoint from other code is not resumed."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return params_hash({**{path.name: path.read_text() for path in sources}, "config": config_file.read_text()})
+
+
+class DetectorCell:
+    """The files of one detector cell: work dir (mmengine's checkpoints), metrics, test detections."""
+
+    def __init__(self, name: str, config: DetectorConfig, repo: Path, prepared: Path, model_dir: Path, metrics_dir: Path, detections_dir: Path, dataset_hash: str):
+        self.name, self.config, self.repo, self.prepared = name, config, repo, prepared
+        self.model_dir, self.metrics_dir, self.detections_dir = model_dir, metrics_dir, detections_dir
+        self.fingerprint = params_hash({"config": config, "dataset": dataset_hash, "code": _code_hash(repo / config.config)})
+
+    @property
+    def state_path(self) -> Path:
+        return self.model_dir / "state.json"
+
+    @property
+    def detections_file(self) -> Path:
+        return self.detections_dir / "test.bbox.json"
+
+    def resumable(self) -> dict | None:
+        """The state of an interrupted run of this exact cell with a checkpoint to resume, else None."""
+        if not self.state_path.is_file():
+            return None
+        state = read_json(self.state_path)
+        if state.get("fingerprint") != self.fingerprint or state.get("finished") or not (self.model_dir / "last_checkpoint").is_file():
+            return None
+        return state
+
+    def save_state(self, finished: bool, history: list[dict]) -> None:
+        write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "run_id": self.run_id, "finished": finished, "history": history})
+
+    def write_history(self, history: list[dict]) -> None:
+        fields = list(dict.fromkeys(key for row in history for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_dir / "history.csv", buffer.getvalue())
+
+    def prepare_work_dir(self, resume: bool) -> Config:
+        if not resume and self.model_dir.exists():
+            shutil.rmtree(self.model_dir)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.detections_dir.mkdir(parents=True, exist_ok=True)
+        annotations, classes = detector_annotations(self.prepared, self.model_dir / "annotations", self.config.class_aware)
+        cfg = build_config(self.config, self.repo, self.prepared, annotations, classes, self.model_dir, self.detections_dir / "test")
+        cfg.resume = resume
+        write_text_atomic(self.model_dir / "config.py", cfg.pretty_text)
+        return cfg
+
+    def fit(self, cfg, run_id: str, state: dict | None, stop_after_epochs: int | None = None) -> dict | None:
+        """Train (or resume) to the configured epochs; return the final metrics, or None if stopped early."""
+        self.run_id = run_id
+        history = list(state["history"]) if state else []
+        self.save_state(finished=False, history=history)
+        trust_checkpoints_under(self.model_dir)
+        try:
+            runner = Runner.from_cfg(cfg)
+        except KeyError as exc:  # mmengine registries: an unknown `type` in the config
+            raise SkulabError(f"{self.config.config}: {exc.args[0] if exc.args else exc}") from None
+        runner.register_hook(TrackingHook(self, history, stop_after_epochs))
+        try:
+            runner.train()
+        except StopAfterEpochs:
+            return None
+        return self._finish(runner, history)
+
+    def _checkpoint(self, pattern: str) -> Path:
+        found = sorted(self.model_dir.glob(pattern))
+        if not found:
+            raise SkulabError(f"{self.model_dir}: no checkpoint matching {pattern}")
+        return found[-1]
+
+    def _finish(self, runner, history: list[dict]) -> dict:
+        best_name = f"best_{SELECT_METRIC.replace('/', '_')}_epoch_*.pth"
+        best = self._checkpoint(best_name)
+        last = Path((self.model_dir / "last_checkpoint").read_text().strip())
+        runner.load_checkpoint(str(best))
+        test = runner.test()
+        best_epoch = int(best.stem.rsplit("_", 1)[1])
+        best_row = next(row for row in history if row["epoch"] == best_epoch)
+        final = {
+            "best_epoch": best_epoch,
+            "run_id": self.run_id,
+            **{k: v for k, v in best_row.items() if k.startswith("val_")},
+            **{f"test_{metric_name(k)}": float(v) for k, v in test.items()},
+            "seconds_per_iter": float(np.mean([row["seconds_per_iter"] for row in history])),
+            "train_seconds": sum(row["epoch_seconds"] for row in history),
+        }
+        # Stable names for DVC and MLflow: best.pth keeps only the weights (what inference needs).
+        weights = torch.load(best, map_location="cpu", weights_only=False)
+        with atomic_path(self.model_dir / "best.pth") as tmp:
+            torch.save({"state_dict": weights["state_dict"], "meta": weights.get("meta", {})}, tmp)
+        best.unlink()
+        last.replace(self.model_dir / "last.pth")
+        (self.model_dir / "last_checkpoint").unlink()
+        self.save_state(finished=True, history=history)
+        mlflow.log_metrics({k: v for k, v in final.items() if k.startswith("test_")})
+        mlflow.log_metric("best_epoch", best_epoch)
+        write_json_atomic(self.metrics_dir / "final.json", final)
+        plot_history(history, self.metrics_dir / "curves.png", f"train_detector@{self.name}", DETECTOR_SCORES, "val COCO bbox")
+        for path in ("final.json", "history.csv", "curves.png"):
+            mlflow.log_artifact(str(self.metrics_dir / path), artifact_path="metrics")
+        mlflow.log_artifact(str(self.model_dir / "config.py"), artifact_path="config")
+        mlflow.log_artifact(str(self.detections_file), artifact_path="detections")
+        for path in ("best.pth", "last.pth"):
+            mlflow.log_artifact(str(self.model_dir / path), artifact_path="checkpoints")
+        return final
+
