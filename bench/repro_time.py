@@ -30,7 +30,7 @@ def main() -> None:
         repo = Path(tmp)
         shutil.copy(REPO / "dvc.yaml", repo)
         shutil.copy(args.params, repo / "params.yaml")
-        for name in ("stages", "src"):
+        for name in ("stages", "src", "configs"):
             shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
         env["PYTHONPATH"] = str(repo / "src")  # run the copied code, not the editable install

@@ -92,9 +92,9 @@ def tiny_prepared(tmp_path_factory, tiny_params) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_crops(tmp_path_factory, tiny_params, tiny_prepared) -> Path:
-    """The tiny dataset cropped from ground-truth boxes: data/crops layout."""
-    root = tmp_path_factory.mktemp("crops") / "crops"
+def tiny_crops(tiny_params, tiny_prepared) -> Path:
+    """The tiny dataset cropped from ground-truth boxes: data/crops layout, next to data/prepared."""
+    root = tiny_prepared.parent / "crops"
     crop_dataset(tiny_prepared, root, tiny_params.crop, load_card(tiny_prepared)["hash"])
     return root
 

@@ -1,6 +1,9 @@
 """The detector stage: configs from params, a tiny training run with MLflow, resume, and IoU matching."""
 
 import json
+import shutil
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -63,7 +66,7 @@ def test_match_with_no_detections_or_no_truths():
 # --- params -> mmdet config ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["faster_rcnn", "cascade_rcnn", "retinanet", "fcos"])
+@pytest.mark.parametrize("name", ["faster_rcnn", "cascade_rcnn", "retinanet", "fcos", "atss"])
 def test_every_default_config_builds_offline_with_the_params_knobs(name, tiny_prepared, tmp_path):
     config = detector_config(config=f"configs/detectors/{name}.py", fpn_channels=48)
     annotations, classes = detector_annotations(tiny_prepared, tmp_path / "ann", class_aware=False)
@@ -132,8 +135,6 @@ def test_unknown_detector_type_is_one_clear_error(tiny_prepared, tmp_path, monke
 
 
 def test_a_split_without_boxes_is_an_error(tiny_prepared, tmp_path):
-    import shutil
-
     prepared = tmp_path / "prepared"
     shutil.copytree(tiny_prepared / "annotations", prepared / "annotations")
     coco = read_json(prepared / "annotations" / "val.json")
@@ -217,3 +218,12 @@ def test_a_finished_or_changed_cell_starts_over(trained, tiny_prepared):
     assert same.resumable() is None  # finished
     changed = DetectorCell("faster_rcnn", detector_config(lr=0.001), REPO, tiny_prepared, root / "model", root / "metrics", root / "detections", "hash")
     assert changed.fingerprint != same.fingerprint
+
+
+def test_stage_cli_rejects_an_unknown_detector_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "stages/train_detector.py", "--name", "yolo9000"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --name: unknown detector 'yolo9000'; params.yaml defines: faster_rcnn")
+    assert "Traceback" not in result.stderr

@@ -41,7 +41,12 @@ MALFORMED = [
     ({"recognizer": {"variants": {"x": {"milestones": [9]}}}}, "milestones [9.0] must be increasing and between warmup_epochs and epochs"),
     ({"recognizer": {"variants": {"x": {"pretrained": "weights/missing.pt"}}}}, "recognizer.variants.x.pretrained: must be none, imagenet or an existing weights file; 'weights/missing.pt' not found"),
     ({"evaluate": {"rank_by": "loss"}}, "evaluate.rank_by: Input should be 'test_top1'"),
-    ({"detector": {}}, "detector: unknown section; allowed: mlflow, prepare, crop, recognizer, evaluate"),
+    ({"tracker": {}}, "tracker: unknown section; allowed: mlflow, prepare, detector, crop, recognizer, evaluate"),
+    ({"detector": {"base": {"roi_align": "fast"}}}, "detector.base.roi_align: Input should be 'torchvision' or 'mmcv'"),
+    ({"detector": {"base": {"config": "configs/detectors/faster_rcnn.py"}}}, "detector.base.config: set it in each variant, not in base"),
+    ({"detector": {"variants": {"frcnn": {"config": "configs/detectors/faster_rcnn.py", "epochs": 0}}}}, "detector.variants.frcnn.epochs: Input should be greater than or equal to 1"),
+    ({"detector": {"variants": {"best": {"config": "configs/detectors/faster_rcnn.py"}}}}, "detector.variants: 'best' is reserved"),
+    ({"crop": {"match_iou": 0}}, "crop.match_iou: Input should be greater than 0"),
 ]
 
 

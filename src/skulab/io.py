@@ -1,7 +1,9 @@
 """Atomic writes and content hashes: an interrupted stage never leaves a half-written output."""
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +29,16 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
+    """Rows as CSV; the columns are every key in first-seen order (later rows may add some)."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def dump_json(obj: Any) -> str:

@@ -6,9 +6,6 @@ mmengine's last checkpoint only when its fingerprint (config, data, code) matche
 starts over in an emptied work dir.
 """
 
-import csv
-import io
-import random
 import shutil
 import time
 from pathlib import Path
@@ -25,10 +22,11 @@ from skulab.detection.compat import trust_checkpoints_under
 from skulab.detection import metric  # noqa: F401  (registers ZeroIfEmptyCocoMetric)
 from skulab.detection.config import SELECT_METRIC, build_config
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from skulab.io import atomic_path, read_json, write_csv_atomic, write_json_atomic, write_text_atomic
 from skulab.layout import SPLITS
 from skulab.params import DetectorConfig, params_hash
 from skulab.plots import DETECTOR_SCORES, plot_history
+from skulab.rng import global_rng_state, set_global_rng_state
 
 AGNOSTIC_CLASS = "product"
 
@@ -57,10 +55,6 @@ def detector_annotations(prepared: Path, out: Path, class_aware: bool) -> tuple[
 def metric_name(key: str) -> str:
     """mmdet's 'coco/bbox_AR@100' -> 'bbox_AR_100' (MLflow metric names allow no '@')."""
     return key.removeprefix("coco/").replace("@", "_")
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
 class StopAfterEpochs(Exception):
@@ -102,21 +96,18 @@ class TrackingHook(Hook):
         }
         self.history.append(row)
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
-        self.cell.write_history(self.history)
+        write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
         self.cell.save_state(finished=False, history=self.history)
         self.epochs_run += 1
         if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
             raise StopAfterEpochs
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint["skulab_rng"] = _rng_state()
+        checkpoint["skulab_rng"] = global_rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        state = checkpoint.get("skulab_rng")
-        if state:
-            random.setstate(state["python"])
-            np.random.set_state(state["numpy"])
-            torch.set_rng_state(state["torch"])
+        if "skulab_rng" in checkpoint:
+            set_global_rng_state(checkpoint["skulab_rng"])
 
 
 def _code_hash(config_file: Path) -> str:
@@ -152,14 +143,6 @@ class DetectorCell:
 
     def save_state(self, finished: bool, history: list[dict]) -> None:
         write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "run_id": self.run_id, "finished": finished, "history": history})
-
-    def write_history(self, history: list[dict]) -> None:
-        fields = list(dict.fromkeys(key for row in history for key in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        write_text_atomic(self.metrics_dir / "history.csv", buffer.getvalue())
 
     def prepare_work_dir(self, resume: bool) -> Config:
         if not resume and self.model_dir.exists():

@@ -5,8 +5,6 @@ matches, so a stale checkpoint from an edited variant is never continued. RNG st
 interrupted and resumed run ends with the same metrics as an uninterrupted one.
 """
 
-import csv
-import io
 import random
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from skulab.io import atomic_path, read_json, write_csv_atomic, write_json_atomic
 from skulab.params import RecognizerConfig, params_hash
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform, train_transform
@@ -29,6 +27,7 @@ from skulab.recognition.optimizers import create_optimizer
 from skulab.recognition.sampler import pk_sampler
 from skulab.recognition.schedules import create_schedule
 from skulab.plots import plot_history
+from skulab.rng import global_rng_state, set_global_rng_state
 
 EVAL_SPLITS = ("val", "test")
 
@@ -41,18 +40,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state(loader_generator: torch.Generator) -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "loader": loader_generator.get_state(),
-    }
+    return {**global_rng_state(), "loader": loader_generator.get_state()}
 
 
 def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    set_global_rng_state(state)
     loader_generator.set_state(state["loader"])
 
 
@@ -184,7 +176,7 @@ class CellTrainer:
                 },
                 self.last_path,
             )
-            self._write_history(history)
+            write_csv_atomic(self.metrics_dir / "history.csv", history)
             if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < cfg.epochs:
                 return None
         return self._finish(model, splits, history, best, run_id)
@@ -210,14 +202,6 @@ class CellTrainer:
         if self.has_classifier:
             row["train_acc"] = correct / seen
         return row
-
-    def _write_history(self, history: list[dict]) -> None:
-        fields = list(dict.fromkeys(key for row in history for key in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        write_text_atomic(self.metrics_dir / "history.csv", buffer.getvalue())
 
     def _finish(self, model, splits, history, best, run_id) -> dict:
         best_state = torch.load(self.best_path, map_location="cpu", weights_only=False)
