@@ -29,7 +29,7 @@ def plot_history(history: list[dict], path: Path, title: str, scores: tuple[str,
         axes[0].plot(epochs, [row[key] for row in history], label=key.removeprefix("train_"))
     axes[0].set_title("train loss")
     axes[1].plot(epochs, [row["lr"] for row in history])
-    axes[1].set_title("learning rate (epoch start)")
+    axes[1].set_title("learning rate")
     for key in scores:
         if key in history[0]:
             axes[2].plot(epochs, [row[key] for row in history], label=key)
