@@ -37,6 +37,11 @@ def _choice(kind: str, table: dict):
     return check
 
 
+def _is_params_file(value: str, info: ValidationInfo) -> bool:
+    """Paths in params are relative to the folder of params.yaml (the repo root)."""
+    return (Path((info.context or {}).get("root", ".")) / value).is_file()
+
+
 class MlflowParams(Strict):
     experiment: Name
 
@@ -148,16 +153,14 @@ class DetectorConfig(Strict):
     @field_validator("config")
     @classmethod
     def _config_exists(cls, value: str, info: ValidationInfo) -> str:
-        root = Path((info.context or {}).get("root", "."))
-        if not (root / value).is_file():
+        if not _is_params_file(value, info):
             raise ValueError(f"config file '{value}' not found")
         return value
 
     @field_validator("pretrained")
     @classmethod
     def _pretrained(cls, value: str, info: ValidationInfo) -> str:
-        root = Path((info.context or {}).get("root", "."))
-        if value not in ("none", "download") and not (root / value).is_file():
+        if value not in ("none", "download") and not _is_params_file(value, info):
             raise ValueError(f"must be none, download or an existing checkpoint file; '{value}' not found")
         return value
 
@@ -240,8 +243,7 @@ class RecognizerConfig(Strict):
     @field_validator("pretrained")
     @classmethod
     def _pretrained(cls, value: str, info: ValidationInfo) -> str:
-        root = Path((info.context or {}).get("root", "."))
-        if value not in ("none", "imagenet") and not (root / value).is_file():
+        if value not in ("none", "imagenet") and not _is_params_file(value, info):
             raise ValueError(f"must be none, imagenet or an existing weights file; '{value}' not found")
         return value
 
