@@ -176,22 +176,28 @@ class GridParams(Strict):
 
     base: dict[str, Any]
     variants: dict[Name, dict[str, Any] | None] = Field(min_length=1)
+    config_schema: ClassVar[type[BaseModel]]  # what base + one variant must make
     variant_keys: ClassVar[tuple[str, ...]] = ()  # keys each variant sets itself (dvc.yaml interpolates them)
+
+    def resolve(self, variant: str) -> BaseModel:
+        """The base merged with one variant's overrides (already validated by load_params)."""
+        return self.config_schema.model_validate({**self.base, **(self.variants[variant] or {})})
+
+
+CROP_DETECTOR_CHOICES = ("best", "none")  # crop.detector values besides a variant name
 
 
 class DetectorParams(GridParams):
+    config_schema: ClassVar[type[BaseModel]] = DetectorConfig
     variant_keys: ClassVar[tuple[str, ...]] = ("config",)
 
     @field_validator("variants")
     @classmethod
     def _not_reserved(cls, variants: dict) -> dict:
         for name in variants:
-            if name in ("best", "none"):
-                raise ValueError(f"'{name}' is reserved (crop.detector: best | none); rename the variant")
+            if name in CROP_DETECTOR_CHOICES:
+                raise ValueError(f"'{name}' is reserved (crop.detector: {' | '.join(CROP_DETECTOR_CHOICES)}); rename the variant")
         return variants
-
-    def resolve(self, variant: str) -> DetectorConfig:
-        return DetectorConfig.model_validate({**self.base, **(self.variants[variant] or {})})
 
 
 class RecognizerConfig(Strict):
@@ -266,6 +272,7 @@ class RecognizerConfig(Strict):
 
 
 class RecognizerParams(GridParams):
+    config_schema: ClassVar[type[BaseModel]] = RecognizerConfig
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
 
     @field_validator("seeds")
@@ -274,10 +281,6 @@ class RecognizerParams(GridParams):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be unique, got {seeds}")
         return seeds
-
-    def resolve(self, variant: str) -> RecognizerConfig:
-        """The base merged with one variant's overrides (already validated by load_params)."""
-        return RecognizerConfig.model_validate({**self.base, **(self.variants[variant] or {})})
 
 
 class EvaluateParams(Strict):
@@ -310,7 +313,8 @@ def _raise(source: str, errors: list[str]):
     raise SkulabError(f"{source}: {errors[0]}{more}")
 
 
-def _validate_variants(section: str, grid: GridParams, schema: type[BaseModel], source: str, context: dict) -> None:
+def _validate_variants(section: str, grid: GridParams, source: str, context: dict) -> None:
+    schema = grid.config_schema
     errors = []
     own = set(grid.variant_keys)
     base_keys = own & set(grid.base)
@@ -336,11 +340,8 @@ def _validate_variants(section: str, grid: GridParams, schema: type[BaseModel], 
         _raise(source, errors)
 
 
-GRIDS = {"detector": DetectorConfig, "recognizer": RecognizerConfig}
-
-
 def _check_crop_detector(crop: CropParams, detector: DetectorParams, path: Path) -> None:
-    allowed = ("best", "none", *detector.variants)
+    allowed = (*CROP_DETECTOR_CHOICES, *detector.variants)
     if crop.detector not in allowed:
         _raise(path, [f"crop.detector: unknown detector '{crop.detector}'; allowed: {', '.join(allowed)}"])
 
@@ -384,9 +385,9 @@ def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None
             errors += [_format_error(e, (name,)) for e in exc.errors()]
     if errors:
         _raise(path, errors)
-    for section, schema in GRIDS.items():
-        if section in values:
-            _validate_variants(section, values[section], schema, str(path), context)
+    for section, value in values.items():
+        if isinstance(value, GridParams):
+            _validate_variants(section, value, str(path), context)
     if "crop" in values and "detector" in values:
         _check_crop_detector(values["crop"], values["detector"], path)
     return Params.model_construct(**values)
