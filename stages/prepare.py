@@ -11,12 +11,22 @@ from skulab.params import load_params
 from skulab.tracking import stage_run
 
 
+def print_import_changes(report: dict) -> None:
+    """Say what the import changed beyond skipping bad items, so that a user does not miss it."""
+    for note in report.get("notes", []):
+        print(f"prepare: {note}")
+    dropped = report.get("dropped_classes", {})
+    if dropped:
+        print(f"prepare: {len(dropped)} class(es) absent from train dropped from every split: {', '.join(dropped)} (see {PREPARED / 'report.json'})")
+
+
 @exit_on_user_error
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     params = load_params(sections=("mlflow", "prepare"))
     with stage_run("prepare", params.mlflow.experiment, {"prepare": params.prepare}, dataset_hash=None):
         card, report = prepare(params.prepare, PREPARED)
+        print_import_changes(report)
         mlflow.set_tags({"dataset.hash": card["hash"], "dataset.name": card["name"], "dataset.task": card["task"]})
         for split, counts in card["splits"].items():
             mlflow.log_metrics({f"{split}_images": counts["images"], f"{split}_boxes": counts["boxes"]})

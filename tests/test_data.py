@@ -31,6 +31,7 @@ def test_card_counts_match_annotations(tiny_params, tiny_crops):
         coco = json.loads((prepared / "annotations" / f"{split}.json").read_text())
         assert counts["images"] == len(coco["images"])
         assert counts["boxes"] == len(coco["annotations"]) == sum(counts["per_class"].values())
+        assert counts["left_out"] == {"crowd": 0, "difficult": 0}  # synthetic scenes hold only products
         for ann in coco["annotations"]:
             x, y, w, h = ann["bbox"]
             image = coco["images"][ann["image_id"] - 1]

@@ -1,16 +1,22 @@
 """User datasets in every format: round trips of boxes, splits, and every kind of bad item."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
+from PIL import Image
 
-from conftest import deep_merge
+from conftest import REPO, TINY, deep_merge, repo_params, write_params
+from skulab.data.external import assign_splits
 from skulab.data.prepare import prepare
+from skulab.data.sources import Box, Item
 from skulab.errors import SkulabError
 from skulab.params import PrepareParams
 
@@ -63,6 +69,7 @@ def write_coco(root: Path, source: dict, prepared: Path, single_file: bool = Fal
 
 
 def write_voc(root: Path, source: dict, prepared: Path) -> Path:
+    """VOC's own convention, 1-based inclusive corners (pinned by test_voc_hand_made_file_imports_exactly)."""
     for split in SPLITS:
         names = {c["id"]: c["name"] for c in source[split]["categories"]}
         stems = []
@@ -78,7 +85,7 @@ def write_voc(root: Path, source: dict, prepared: Path) -> Path:
                 ET.SubElement(obj, "name").text = names[a["category_id"]]
                 box = ET.SubElement(obj, "bndbox")
                 x, y, w, h = a["bbox"]
-                for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (x, y, x + w, y + h)):
+                for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (x + 1, y + 1, x + w, y + h)):
                     ET.SubElement(box, key).text = str(value)
             (root / "Annotations" / split).mkdir(parents=True, exist_ok=True)  # class-style subfolders
             ET.ElementTree(ann).write(root / "Annotations" / split / f"{stem}.xml")
@@ -87,9 +94,10 @@ def write_voc(root: Path, source: dict, prepared: Path) -> Path:
     return root
 
 
-def write_yolo(root: Path, source: dict, prepared: Path) -> Path:
+def write_yolo(root: Path, source: dict, prepared: Path, id_step: int = 1) -> Path:
+    """`id_step` 2 gives class ids 0, 2, 4, ...: `names` as a map with gaps."""
     categories = source["train"]["categories"]
-    index = {c["id"]: i for i, c in enumerate(categories)}
+    index = {c["id"]: i * id_step for i, c in enumerate(categories)}
     for split in SPLITS:
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
@@ -102,7 +110,7 @@ def write_yolo(root: Path, source: dict, prepared: Path) -> Path:
                 W, H = image["width"], image["height"]
                 lines.append(f"{index[a['category_id']]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}")
             (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
-    config = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test", "names": {i: c["name"] for i, c in enumerate(categories)}}
+    config = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test", "names": {index[c["id"]]: c["name"] for c in categories}}
     (root / "data.yaml").write_text(yaml.safe_dump(config))
     return root
 
@@ -151,6 +159,148 @@ def test_voc_and_yolo_round_trip(tiny_params, source_coco, prepared_root, tmp_pa
         assert _boxes(imported[split]) == _boxes(source_coco[split])
     if source == "voc":  # class-style subfolders and ImageSets splits
         assert imported["train"]["images"][0]["original_file"].startswith("Annotations/train/")
+
+
+VOC_XML = """<annotation>
+	<folder>VOC2007</folder>
+	<filename>{stem}.jpg</filename>
+	<size><width>200</width><height>120</height><depth>3</depth></size>
+	<segmented>0</segmented>
+	<object>
+		<name>cola</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>
+		<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>200</xmax><ymax>120</ymax></bndbox>
+	</object>
+	<object>
+		<name>fanta</name><pose>Frontal</pose><truncated>1</truncated>
+		<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>100</xmax><ymax>50</ymax></bndbox>
+	</object>
+	<object>
+		<name>cola</name><pose>Unspecified</pose><truncated>1</truncated><difficult>1</difficult>
+		<bndbox><xmin>50</xmin><ymin>60</ymin><xmax>80</xmax><ymax>100</ymax></bndbox>
+	</object>
+</annotation>
+"""
+
+
+def write_hand_made_voc(root: Path) -> Path:
+    """Three 200x120 images, one per split, each with the hand-written VOC2007-style file above."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split in SPLITS:
+        Image.new("RGB", (200, 120), (90, 120, 150)).save(root / "JPEGImages" / f"{split}_01.jpg")
+        (root / "Annotations" / f"{split}_01.xml").write_text(VOC_XML.format(stem=f"{split}_01"))
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(f"{split}_01\n")
+    return root
+
+
+@pytest.mark.parametrize("difficult", ["drop", "keep"])
+def test_voc_hand_made_file_imports_exactly(tiny_params, tmp_path, difficult):
+    src = write_hand_made_voc(tmp_path / "src")
+    card, _ = prepare(_params(tiny_params, "voc", src, voc={"classes": [], "difficult": difficult}), tmp_path / "out")
+    expected = [("cola", [0, 0, 200, 120]), ("fanta", [0, 0, 100, 50])]  # (1, 1, 200, 120) is the whole image
+    if difficult == "keep":
+        expected.append(("cola", [49, 59, 31, 41]))
+    for split, coco in _imported(tmp_path / "out").items():
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        assert [(names[a["category_id"]], a["bbox"]) for a in coco["annotations"]] == expected
+        assert card["splits"][split]["left_out"] == {"crowd": 0, "difficult": 1 if difficult == "drop" else 0}
+    assert "left out: crowd / difficult" in (tmp_path / "out" / "card.md").read_text()
+
+
+def test_yolo_names_map_with_gaps_maps_ids_by_key(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_yolo(tmp_path / "src", source_coco, prepared_root, id_step=2)
+    assert list(yaml.safe_load((src / "data.yaml").read_text())["names"]) == [0, 2, 4, 6, 8, 10]
+    prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        assert _boxes(imported[split]) == _boxes(source_coco[split])
+    label = sorted((src / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "3 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(SkulabError, match=rf"{label.name}: line \d+: class id 3 not in data.yaml names \(0, 2, 4, 6, 8, 10\)"):
+        prepare(_params(tiny_params, "yolo", src), tmp_path / "bad")
+
+
+def test_yolo_train_and_val_only_carves_test_from_train(tiny_params, source_coco, prepared_root, tmp_path):
+    src = write_yolo(tmp_path / "src", source_coco, prepared_root)
+    config = yaml.safe_load((src / "data.yaml").read_text())
+    del config["test"]
+    (src / "data.yaml").write_text(yaml.safe_dump(config))
+    card, report = prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    assert _boxes(imported["val"]) == _boxes(source_coco["val"])  # val stays the source's val
+    assert _boxes(imported["train"]) + _boxes(imported["test"]) == _boxes(source_coco["train"])
+    assert 0 < card["splits"]["test"]["images"] < card["splits"]["train"]["images"]
+    assert report["notes"] == [
+        f"the source has no 'test' split: {card['splits']['test']['images']} of {len(source_coco['train']['images'])} train images "
+        "carved into it (seeded, stratified, train:test = 0.7:0.15 by prepare.external.split_ratios)"
+    ]
+    assert prepare(_params(tiny_params, "yolo", src), tmp_path / "again")[0]["hash"] == card["hash"]  # seeded
+
+
+def test_coco_crowd_regions_are_counted_not_imported(tiny_params, source_coco, prepared_root, tmp_path):
+    def crowd(src, data):
+        data["train"]["annotations"][0].update(iscrowd=1, category_id=99)  # a region's class is not checked
+        for ann in data["val"]["annotations"][:2]:
+            ann["iscrowd"] = 1
+
+    src = _coco_src(tmp_path, source_coco, prepared_root, crowd)
+    card, report = prepare(_params(tiny_params, "coco", src), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    regions = {"train": source_coco["train"]["annotations"][:1], "val": source_coco["val"]["annotations"][:2], "test": []}
+    for split in SPLITS:
+        assert _boxes(imported[split]) == _boxes(source_coco[split]) - _boxes({**source_coco[split], "annotations": regions[split]})
+        assert card["splits"][split]["left_out"] == {"crowd": len(regions[split]), "difficult": 0}
+    assert report["skipped"] == []
+    assert f"| val | {len(source_coco['val']['images'])} | " in (tmp_path / "out" / "card.md").read_text()
+
+
+def _class_absent_from_train(src, data):
+    victim = data["train"]["categories"][0]["id"]
+    data["train"]["annotations"] = [a for a in data["train"]["annotations"] if a["category_id"] != victim]
+
+
+def test_class_absent_from_train_is_dropped_from_every_split(tiny_params, source_coco, prepared_root, tmp_path):
+    victim = source_coco["train"]["categories"][0]["name"]
+    src = _coco_src(tmp_path, source_coco, prepared_root, _class_absent_from_train)
+    with pytest.raises(SkulabError, match=rf"class '{victim}': class '{victim}' has no annotations in split 'train'"):
+        prepare(_params(tiny_params, "coco", src), tmp_path / "strict")
+    card, report = prepare(_params(tiny_params, "coco", src, on_bad_item="skip"), tmp_path / "out")
+    imported = _imported(tmp_path / "out")
+    for split in SPLITS:
+        assert victim not in {c["name"] for c in imported[split]["categories"]}
+        assert _boxes(imported[split]) == Counter({box: n for box, n in _boxes(source_coco[split]).items() if box[0] != victim})
+    assert victim not in card["classes"]
+    removed = {split: sum(n for box, n in _boxes(source_coco[split]).items() if box[0] == victim) for split in ("val", "test")}
+    assert report["dropped_classes"] == {victim: removed}
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["dropped_classes"] == {victim: removed}
+
+
+def test_prepare_stage_prints_dropped_classes(tiny_params, source_coco, prepared_root, tmp_path):
+    victim = source_coco["train"]["categories"][0]["name"]
+    src = _coco_src(tmp_path, source_coco, prepared_root, _class_absent_from_train)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    external = {"prepare": {"source": "coco", "external": {"path": str(src), "on_bad_item": "skip"}}}
+    write_params(repo / "params.yaml", deep_merge(deep_merge(repo_params(), TINY), external))
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"prepare: 1 class(es) absent from train dropped from every split: {victim} (see data/prepared/report.json)" in result.stdout
+
+
+def _item(name: str, *classes: str) -> Item:
+    return Item(Path(f"{name}.jpg"), name, boxes=[Box(c, 0, 0, 1, 1, name) for c in classes])
+
+
+def test_seeded_split_gives_a_rare_class_to_train_first():
+    items = [_item("rare", "rare", "common"), *(_item(f"c{i}", "common") for i in range(9))]
+    for seed in range(5):
+        for item in items:
+            item.split = None
+        assign_splits(items, {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
+        assert items[0].split == "train"
 
 
 def test_folders_become_whole_image_crops(tiny_params, tiny_crops, tmp_path):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skulab.data.sources import LEFT_OUT
 from skulab.errors import SkulabError
 from skulab.io import read_json
 from skulab.layout import SPLITS, annotations_file, card_file
@@ -43,12 +44,17 @@ def _percentiles(values: list[float]) -> dict:
     return {"p5": round(float(p5), 1), "p50": round(float(p50), 1), "p95": round(float(p95), 1)}
 
 
-def dataset_card(root: Path, name: str, dataset_hash: str, task: str) -> dict:
-    """Counts per class and split, box size percentiles, the task and the dataset hash."""
+def dataset_card(root: Path, name: str, dataset_hash: str, task: str, left_out: dict | None = None) -> dict:
+    """Counts per class and split, box size percentiles, the task and the dataset hash.
+
+    `left_out` counts, per split, annotations that are not products (crowd regions, VOC difficult
+    objects) and so are in no box count: a reader sees what the import set aside.
+    """
     card = {"name": name, "hash": dataset_hash, "task": task, "splits": {}}
     for split in SPLITS:
         coco = load_split(root, split)
         names = class_names(coco)
+        split_left_out = (left_out or {}).get(split, {})
         per_class = {n: 0 for n in names.values()}
         for ann in coco["annotations"]:
             per_class[names[ann["category_id"]]] += 1
@@ -58,6 +64,7 @@ def dataset_card(root: Path, name: str, dataset_hash: str, task: str) -> dict:
             "per_class": per_class,
             "box_width": _percentiles([a["bbox"][2] for a in coco["annotations"]]),
             "box_height": _percentiles([a["bbox"][3] for a in coco["annotations"]]),
+            "left_out": {kind: split_left_out.get(kind, 0) for kind in LEFT_OUT},
         }
     card["classes"] = list(names.values())
     return card
@@ -65,10 +72,11 @@ def dataset_card(root: Path, name: str, dataset_hash: str, task: str) -> dict:
 
 def card_markdown(card: dict) -> str:
     lines = [f"# Dataset card: {card['name']}", "", f"task: {card['task']}, hash: `{card['hash']}`", ""]
-    lines += ["| split | images | boxes | box width p5/p50/p95 | box height p5/p50/p95 |", "|---|---:|---:|---:|---:|"]
+    kinds = " / ".join(LEFT_OUT)
+    lines += [f"| split | images | boxes | box width p5/p50/p95 | box height p5/p50/p95 | left out: {kinds} |", "|---|---:|---:|---:|---:|---:|"]
     for split, v in card["splits"].items():
-        w, h = ("/".join(str(x) for x in v[key].values()) for key in ("box_width", "box_height"))
-        lines.append(f"| {split} | {v['images']} | {v['boxes']} | {w} | {h} |")
+        w, h, left = ("/".join(str(x) for x in v[key].values()) for key in ("box_width", "box_height", "left_out"))
+        lines.append(f"| {split} | {v['images']} | {v['boxes']} | {w} | {h} | {left} |")
     lines += ["", "| class | " + " | ".join(card["splits"]) + " |", "|---|" + "---:|" * len(card["splits"])]
     for name in card["classes"]:
         lines.append(f"| {name} | " + " | ".join(str(v["per_class"][name]) for v in card["splits"].values()) + " |")

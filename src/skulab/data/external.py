@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from skulab.data.coco import coco_dict
-from skulab.data.sources import Item, Problem, SourceData, read_coco, read_folders, read_voc, read_yolo
+from skulab.data.sources import LEFT_OUT, Item, Problem, SourceData, read_coco, read_folders, read_voc, read_yolo
 from skulab.errors import SkulabError
 from skulab.io import write_json_atomic
 from skulab.layout import SPLITS, annotations_file
@@ -27,7 +27,7 @@ def read_source(source: str, params: ExternalParams) -> SourceData:
     if source == "coco":
         return read_coco(root, params.coco.annotations, params.coco.images)
     if source == "voc":
-        return read_voc(root, params.voc.classes or None)
+        return read_voc(root, params.voc.classes or None, params.voc.difficult)
     if source == "yolo":
         return read_yolo(root, params.yolo.data_yaml)
     return read_folders(root)
@@ -55,6 +55,13 @@ def _check_box(box, width: int, height: int, policy: str) -> Problem | None:
         return Problem("box_outside_image", box.where, f"box [{box.x:g}, {box.y:g}, {box.w:g}, {box.h:g}] lies entirely outside the {width}x{height} image")
     box.x, box.y, box.w, box.h = x1, y1, x2 - x1, y2 - y1
     return None
+
+
+def _left_out_note(item: Item) -> str:
+    """' (only 2 crowd annotations, left out)': why an image that had annotations has none left."""
+    if not item.left_out:
+        return ""
+    return f" (only {', '.join(f'{n} {kind}' for kind, n in item.left_out.items())} annotations, left out)"
 
 
 def check_items(data: SourceData, params: ExternalParams) -> Checked:
@@ -90,7 +97,7 @@ def check_items(data: SourceData, params: ExternalParams) -> Checked:
                 good.append(box)
         item.boxes = good
         if not good:
-            problems.append(Problem("no_annotations", item.where, f"image {item.path.name} has no (valid) annotations"))
+            problems.append(Problem("no_annotations", item.where, f"image {item.path.name} has no (valid) annotations{_left_out_note(item)}"))
             continue
         sizes[id(item)] = (width, height)
         kept.append(item)
@@ -105,15 +112,17 @@ def check_items(data: SourceData, params: ExternalParams) -> Checked:
 
 
 def assign_splits(items: list[Item], ratios: dict[str, float], seed: int) -> None:
-    """Seeded split of the items the source left unsplit, stratified over all classes an image holds.
+    """Seeded split of the items the source left unsplit into the splits of `ratios`, stratified.
 
-    Rarest classes first, each split gets an image of every class that has one left; the rest go
-    to the split furthest below its ratio. So a class with at least 3 images reaches every split.
+    Rarest classes first, each split in `ratios` order (train first: a class nobody trains on is
+    dropped) gets an image of every class that has one left; the rest go to the split furthest
+    below its ratio. So a class with at least 3 images reaches every split.
     """
     unsplit = [items[i] for i in np.random.default_rng(seed).permutation(len(items)) if items[i].split is None]
     if not unsplit:
         return
-    target = {split: ratios[split] * len(unsplit) for split in SPLITS}
+    total = sum(ratios.values())
+    target = {split: ratio / total * len(unsplit) for split, ratio in ratios.items()}
     count = Counter()
     classes_of = {id(item): {box.class_name for box in item.boxes} for item in unsplit}
     frequency = Counter(name for names in classes_of.values() for name in names)
@@ -126,12 +135,57 @@ def assign_splits(items: list[Item], ratios: dict[str, float], seed: int) -> Non
         holders = [item for item in unsplit if name in classes_of[id(item)]]
         covered = {item.split for item in holders if item.split}
         free = [item for item in holders if item.split is None]
-        for split in ("val", "test", "train"):
+        for split in ratios:
             if split not in covered and free:
                 place(free.pop(0), split)
     for item in unsplit:
         if item.split is None:
-            place(item, max(SPLITS, key=lambda split: target[split] - count[split]))
+            place(item, max(ratios, key=lambda split: target[split] - count[split]))
+
+
+def carve_missing_splits(items: list[Item], declared: set[str | None], ratios: dict[str, float], seed: int) -> list[str]:
+    """A source split into train and val only (YOLO's usual data.yaml) gets its test split from train.
+
+    Only when the source split every image itself. The missing split is a seeded, stratified share
+    of train that stands to the rest of train as in split_ratios; val stays the source's val.
+    Returns one note per carved split for the stage to print.
+    """
+    missing = [split for split in SPLITS if split not in declared]
+    if None in declared or "train" not in declared or not missing:
+        return []
+    train = [item for item in items if item.split == "train"]
+    for item in train:
+        item.split = None
+    assign_splits(train, {"train": ratios["train"], **{split: ratios[split] for split in missing}}, seed)
+    return [
+        f"the source has no '{split}' split: {sum(item.split == split for item in train)} of {len(train)} train images "
+        f"carved into it (seeded, stratified, train:{split} = {ratios['train']:g}:{ratios[split]:g} by prepare.external.split_ratios)"
+        for split in missing
+    ]
+
+
+def drop_classes_absent_from_train(checked: Checked) -> dict[str, dict[str, int]]:
+    """A class no train box teaches cannot be recognized (its prototype would be empty): drop it from
+    every split. Returns, per dropped class, the boxes removed from each split."""
+    in_train = {box.class_name for item in checked.items if item.split == "train" for box in item.boxes}
+    dropped = {name: Counter() for name in checked.classes if name not in in_train}
+    if not dropped:
+        return {}
+    for name in dropped:
+        checked.problems.append(Problem("class_absent_from_split", f"class '{name}'", f"class '{name}' has no annotations in split 'train' (nothing to learn it from; skipping drops it from every split)"))
+    kept = []
+    for item in checked.items:
+        for box in item.boxes:
+            if box.class_name in dropped:
+                dropped[box.class_name][item.split] += 1
+        item.boxes = [box for box in item.boxes if box.class_name not in dropped]
+        if item.boxes:
+            kept.append(item)
+        else:
+            checked.problems.append(Problem("no_annotations", item.where, f"image {item.path.name} holds only classes absent from train"))
+    checked.items = kept
+    checked.classes = [name for name in checked.classes if name not in dropped]
+    return {name: dict(per_split) for name, per_split in dropped.items()}
 
 
 def check_split_coverage(checked: Checked) -> None:
@@ -153,13 +207,23 @@ def enforce_policy(problems: list[Problem], policy: str) -> dict:
     }
 
 
+def count_left_out(items: list[Item]) -> dict[str, dict[str, int]]:
+    """Per split, the annotations of imported images that were not products (see LEFT_OUT)."""
+    return {split: {kind: sum(item.left_out[kind] for item in items if item.split == split) for kind in LEFT_OUT} for split in SPLITS}
+
+
 def import_external(source: str, params: ExternalParams, seed: int, root: Path) -> dict:
     """Validate the whole source, then write the internal layout to `root`; return the report."""
     data = read_source(source, params)
+    declared = {item.split for item in data.items}
     checked = check_items(data, params)
-    assign_splits(checked.items, params.split_ratios.model_dump(), seed)
+    ratios = params.split_ratios.model_dump()
+    assign_splits(checked.items, ratios, seed)
+    notes = carve_missing_splits(checked.items, declared, ratios, seed)
+    dropped = drop_classes_absent_from_train(checked)
     check_split_coverage(checked)
     report = enforce_policy(checked.problems, params.on_bad_item)
+    report.update(notes=notes, dropped_classes=dropped, left_out=count_left_out(checked.items))
     counts = Counter(item.split for item in checked.items)
     empty = [split for split in SPLITS if not counts[split]]
     if empty:

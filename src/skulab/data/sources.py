@@ -6,6 +6,7 @@ the line or object. Validation and splitting happen afterwards, the same for eve
 """
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from skulab.errors import SkulabError
 from skulab.io import read_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# annotations that are not product boxes, left out of the import and counted in the dataset card
+LEFT_OUT = ("crowd", "difficult")  # COCO iscrowd regions; VOC difficult objects (voc.difficult: drop)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Item:
     boxes: list[Box] = field(default_factory=list)
     split: str | None = None
     whole_image: bool = False  # classification sources: the image is the crop
+    left_out: Counter = field(default_factory=Counter)  # LEFT_OUT kind -> annotations not imported
 
 
 @dataclass
@@ -96,6 +100,9 @@ def _read_coco_file(ann_path: Path, images_dir: Path, root: Path, split: str | N
         if item is None:
             data.problems.append(Problem("unknown_image", ref, f"refers to image id {ann.get('image_id')}, which is not in 'images'"))
             continue
+        if ann.get("iscrowd"):  # a region of many objects: neither a detector target nor a crop
+            item.left_out["crowd"] += 1
+            continue
         if ann["category_id"] not in names:
             data.problems.append(Problem("unknown_class", ref, f"unknown category_id {ann['category_id']}"))
             continue
@@ -137,8 +144,18 @@ def _split_lists(folder: Path) -> dict[str, str]:
     return splits
 
 
-def read_voc(root: Path, classes: list[str] | None) -> SourceData:
-    """Annotations/**/*.xml (class subfolders allowed) and their images under JPEGImages/."""
+def _voc_box(box: ET.Element) -> tuple[float, float, float, float]:
+    """VOC pixels are 1-based and both corners inclusive: (1, 1, W, H) is the whole W x H image."""
+    x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    return x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1
+
+
+def read_voc(root: Path, classes: list[str] | None, difficult: str) -> SourceData:
+    """Annotations/**/*.xml (class subfolders allowed) and their images under JPEGImages/.
+
+    Objects marked <difficult>1 are left out under `difficult: drop`, as the VOC protocol keeps them
+    out of training and scoring; under `keep` they are ordinary boxes.
+    """
     xml_files = sorted(_require(root / "Annotations", "VOC Annotations folder").rglob("*.xml"))
     if not xml_files:
         raise SkulabError(f"{root / 'Annotations'}: no .xml files")
@@ -164,9 +181,11 @@ def read_voc(root: Path, classes: list[str] | None) -> SourceData:
         for index, obj in enumerate(tree.findall("object"), 1):
             ref = f"{where}: object {index}"
             name = (obj.findtext("name") or "").strip()
-            box = obj.find("bndbox")
+            if difficult == "drop" and (obj.findtext("difficult") or "").strip() == "1":
+                item.left_out["difficult"] += 1
+                continue
             try:
-                x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                x, y, w, h = _voc_box(obj.find("bndbox"))
             except (AttributeError, TypeError, ValueError):
                 data.problems.append(Problem("bad_box", ref, "missing or non-numeric bndbox"))
                 continue
@@ -175,7 +194,7 @@ def read_voc(root: Path, classes: list[str] | None) -> SourceData:
                 continue
             if name not in data.classes:
                 data.classes.append(name)
-            item.boxes.append(Box(name, x1, y1, x2 - x1, y2 - y1, ref))
+            item.boxes.append(Box(name, x, y, w, h, ref))
         data.items.append(item)
     if not classes:
         data.classes.sort()
@@ -185,13 +204,22 @@ def read_voc(root: Path, classes: list[str] | None) -> SourceData:
 # ---- YOLO -------------------------------------------------------------------------------------
 
 
-def _yolo_names(config: dict, path: Path) -> list[str]:
+def _yolo_names(config: dict, path: Path) -> dict[int, str]:
+    """Class id -> name. A mapping keeps its keys as the ids, gaps included ({0: cola, 2: fanta})."""
     names = config.get("names")
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
     if isinstance(names, list):
-        return [str(n) for n in names]
-    raise SkulabError(f"{path}: 'names' must be a list or a mapping of class ids to names")
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise SkulabError(f"{path}: 'names' must be a non-empty list or a mapping of class ids to names")
+    bad = [key for key in names if not isinstance(key, int) and not str(key).isdigit()]
+    if bad:
+        raise SkulabError(f"{path}: names: key '{bad[0]}' is not a class id (an integer)")
+    return {int(key): str(names[key]) for key in sorted(names, key=int)}
+
+
+def _id_list(ids: list[int]) -> str:
+    """'0..5' when the ids are contiguous, else each one: '0, 2'."""
+    return f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids))
 
 
 def _yolo_label_file(image: Path) -> Path:
@@ -210,7 +238,7 @@ def read_yolo(root: Path, data_yaml: str) -> SourceData:
     config = yaml.safe_load(config_path.read_text()) or {}
     names = _yolo_names(config, config_path)
     base = root / str(config.get("path", "."))  # an absolute `path` replaces root
-    data = SourceData([], names, has_boxes=True)
+    data = SourceData([], list(names.values()), has_boxes=True)
     split_dirs = {split: config[split] for split in ("train", "val", "test") if config.get(split)}
     if not split_dirs:
         raise SkulabError(f"{config_path}: needs at least a 'train' image folder")
@@ -239,8 +267,8 @@ def read_yolo(root: Path, data_yaml: str) -> SourceData:
                 except (ValueError, IndexError):
                     data.problems.append(Problem("bad_box", ref, f"expected 'class cx cy w h', got '{line.strip()}'"))
                     continue
-                if not 0 <= class_id < len(names):
-                    data.problems.append(Problem("unknown_class", ref, f"class id {class_id} not in data.yaml names (0..{len(names) - 1})"))
+                if class_id not in names:
+                    data.problems.append(Problem("unknown_class", ref, f"class id {class_id} not in data.yaml names ({_id_list(list(names))})"))
                     continue
                 item.boxes.append(Box(names[class_id], (cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height, ref))
     return data
