@@ -8,7 +8,10 @@ import pytest
 
 from conftest import REPO, deep_merge, repo_params, write_params
 from skulab.errors import SkulabError
-from skulab.params import load_params
+from skulab.params import RecognizerConfig, load_params
+from skulab.recognition.losses import LOSSES
+from skulab.recognition.optimizers import OPTIMIZERS
+from skulab.recognition.schedules import SCHEDULES
 
 
 def test_shipped_params_are_valid():
@@ -40,13 +43,30 @@ MALFORMED = [
     ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "batch_size": 30}}}}, "batch_size (30) must be a multiple of sampler_k (4)"),
     ({"recognizer": {"variants": {"x": {"milestones": [9]}}}}, "milestones [9.0] must be increasing and between warmup_epochs and epochs"),
     ({"recognizer": {"variants": {"x": {"pretrained": "weights/missing.pt"}}}}, "recognizer.variants.x.pretrained: must be none, imagenet or an existing weights file; 'weights/missing.pt' not found"),
-    ({"evaluate": {"rank_by": "loss"}}, "evaluate.rank_by: Input should be 'test_top1'"),
+    ({"evaluate": {"rank_by": "loss"}}, "evaluate.rank_by: must be a validation metric every head has"),
     ({"tracker": {}}, "tracker: unknown section; allowed: mlflow, prepare, detector, crop, recognizer, evaluate"),
     ({"detector": {"base": {"roi_align": "fast"}}}, "detector.base.roi_align: Input should be 'torchvision' or 'mmcv'"),
     ({"detector": {"base": {"config": "configs/detectors/faster_rcnn.py"}}}, "detector.base.config: set it in each variant, not in base"),
     ({"detector": {"variants": {"frcnn": {"config": "configs/detectors/faster_rcnn.py", "epochs": 0}}}}, "detector.variants.frcnn.epochs: Input should be greater than or equal to 1"),
     ({"detector": {"variants": {"best": {"config": "configs/detectors/faster_rcnn.py"}}}}, "detector.variants: 'best' is reserved"),
     ({"crop": {"match_iou": 0}}, "crop.match_iou: Input should be greater than 0"),
+    # A PK batch of one class has no negative: the triplet loss would be 0.0 on every batch.
+    ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "batch_size": 4}}}}, "recognizer.variants.x: a PK batch of batch_size (4) / sampler_k (4) = 1 class has no negatives"),
+    ({"recognizer": {"variants": {"x": {"betas": [0.9, 1.0]}}}}, "recognizer.variants.x.betas.1: Input should be less than 1"),
+    ({"recognizer": {"variants": {"x": {"betas": [-0.1, 0.999]}}}}, "recognizer.variants.x.betas.0: Input should be greater than or equal to 0"),
+    # A variant key its methods do not read would train a copy of the baseline under another name.
+    ({"recognizer": {"variants": {"x": {"momentum": 0.5}}}}, "recognizer.variants.x.momentum: not read by optimizer 'adam' (read by sgd); remove it or change optimizer"),
+    ({"recognizer": {"variants": {"x": {"lookahead_k": 6}}}}, "recognizer.variants.x.lookahead_k: not read by optimizer 'adam' (read by radam_lookahead, ranger)"),
+    ({"recognizer": {"variants": {"x": {"optimizer": "sgd", "betas": [0.8, 0.99]}}}}, "recognizer.variants.x.betas: not read by optimizer 'sgd' (read by adam, adamw, radam, radam_lookahead, ranger)"),
+    ({"recognizer": {"variants": {"x": {"triplet_margin": 0.3}}}}, "recognizer.variants.x.triplet_margin: not read by loss 'ce' (read by triplet)"),
+    ({"recognizer": {"variants": {"x": {"sampler_k": 8}}}}, "recognizer.variants.x.sampler_k: not read by loss 'ce' (read by triplet, multi_similarity)"),
+    ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "triplet_soft_margin": True, "triplet_margin": 0.3}}}}, "recognizer.variants.x.triplet_margin: not read by loss 'triplet' when triplet_soft_margin is true"),
+    ({"recognizer": {"variants": {"x": {"schedule": "warmup_cosine", "milestones": [2]}}}}, "recognizer.variants.x.milestones: not read by schedule 'warmup_cosine' (read by warmup_multistep)"),
+    ({"recognizer": {"variants": {"x": {"end_lr_factor": 0.1}}}}, "recognizer.variants.x.end_lr_factor: not read by schedule 'warmup_multistep' (read by warmup_cosine)"),
+    ({"recognizer": {"variants": {"x": {"warmup_epochs": 0, "warmup_factor": 0.5}}}}, "recognizer.variants.x.warmup_factor: not read by schedule 'warmup_multistep' when warmup_epochs is 0"),
+    # Two names for one configuration.
+    ({"recognizer": {"variants": {"a": {}, "b": {"optimizer": "adam"}}}}, "recognizer.variants.b: resolves to the same configuration as variant 'a'"),
+    ({"recognizer": {"variants": {"a": {"lr": 0.01}, "b": {"lr": 0.01, "loss": {"ce": 1.0, "triplet": 0.0}}}}}, "recognizer.variants.b: resolves to the same configuration as variant 'a'"),
 ]
 
 
@@ -59,6 +79,26 @@ def test_malformed_params_name_the_key(tmp_path, override, expected):
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
     assert expected in message
+
+
+def test_variants_that_set_only_what_their_methods_read_are_valid(tmp_path):
+    variants = {
+        "sgd": {"optimizer": "sgd", "momentum": 0.5},
+        "ranger": {"optimizer": "ranger", "lookahead_k": 6, "betas": [0.95, 0.999]},
+        "soft": {"loss": {"triplet": 1.0}, "triplet_soft_margin": True, "sampler_k": 8},
+        "cosine": {"schedule": "warmup_cosine", "end_lr_factor": 0.0, "epochs": 3},  # base milestones [4, 5] are not read
+        "no_decay_split": {"decay_norm_and_bias": True},
+    }
+    params = load_params(write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"recognizer": {"variants": variants}})))
+    assert params.recognizer.resolve("cosine").epochs == 3
+
+
+def test_axis_records_name_config_keys():
+    """The keys each optimizer, loss and schedule reads are recognizer config keys (the variant check derives from them)."""
+    for table in (OPTIMIZERS, LOSSES, SCHEDULES):
+        for name, info in table.items():
+            assert info.name == name and info.reads <= set(RecognizerConfig.model_fields), name
+    assert {info.decay for info in OPTIMIZERS.values()} == {"L2", "decoupled"}
 
 
 def test_missing_key_and_section(tmp_path):

@@ -64,6 +64,27 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_params, tiny_crops, tmp
     assert _scores(resumed) == _scores(uninterrupted)
 
 
+@pytest.mark.parametrize("optimizer", ["ranger", "radam_lookahead"])
+def test_interrupted_lookahead_cell_with_cosine_ends_bit_identical(tiny_params, tiny_crops, tmp_path, optimizer):
+    """Lookahead's slow weights live in the optimizer state: stopped mid-cycle, they must travel in last.pt."""
+    cfg = config(tiny_params, optimizer=optimizer, schedule="warmup_cosine", lookahead_k=3, epochs=2)
+    uninterrupted, _ = _fit(cfg, tiny_crops, tmp_path / "full")
+    stopped, trainer = _fit(cfg, tiny_crops, tmp_path / "split", stop_after=1)
+    assert stopped is None
+    saved = torch.load(trainer.last_path, weights_only=False)["optimizer"]
+    if optimizer == "radam_lookahead":  # pytorch_optimizer's Lookahead: slow weights beside the base optimizer's state
+        states, slow_key, since_sync = saved["lookahead_state"], "slow_params", saved["base_optimizer"]["param_groups"][0]["counter"]
+    else:  # Ranger: in each parameter's state
+        states, slow_key, since_sync = saved["state"], "slow_buffer", saved["param_groups"][0]["step"] % 3
+    assert since_sync != 0, "stopped on a Lookahead sync: the slow weights would equal the model's"
+    assert states and all(slow_key in state for state in states.values())
+    resumed, _ = _fit(cfg, tiny_crops, tmp_path / "split", checkpoint_from=True)
+    assert _scores(resumed) == _scores(uninterrupted)
+    full_weights = torch.load(tmp_path / "full" / "model" / "last.pt", weights_only=False)["model"]
+    split_weights = torch.load(tmp_path / "split" / "model" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(full_weights[key], split_weights[key]) for key in full_weights)
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tiny_crops, tmp_path):
     _fit(config(tiny_params), tiny_crops, tmp_path, stop_after=1)
     changed = CellTrainer(config(tiny_params, lr=0.01), 0, tiny_crops, tmp_path / "model", tmp_path / "metrics")
