@@ -9,9 +9,11 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mmengine.hooks import CheckpointHook
 
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
 from skulab.detection.config import build_config
+from skulab.detection.metric import ZeroIfEmptyCocoMetric
 from skulab.detection.train import DetectorCell, detector_annotations
 from skulab.errors import SkulabError
 from skulab.io import read_json
@@ -210,6 +212,64 @@ def test_an_interrupted_run_resumes_in_the_same_mlflow_run(trained):
     # RNG states travel in the checkpoint: the resumed run ends where the uninterrupted one did.
     scores = lambda final: {k: v for k, v in final.items() if k.startswith(("val_", "test_"))}  # noqa: E731
     assert scores(resumed) == scores(full)
+
+
+class Interrupted(Exception):
+    """A crash simulated inside validation."""
+
+
+def _raise_once_in_validation(monkeypatch, where: str) -> None:
+    """Crash the first validation (epoch 1's), after mmengine saved epoch_1.pth and last_checkpoint.
+
+    'metric': while computing the val mAP, before any after_val_epoch hook. 'hook': in an
+    after_val_epoch hook that runs after CheckpointHook saved the best checkpoint and re-saved
+    epoch_1.pth, before the stage's tracking hook wrote epoch 1's history row.
+    """
+    calls = []
+    if where == "metric":
+        compute = ZeroIfEmptyCocoMetric.compute_metrics
+
+        def compute_metrics(self, results):
+            calls.append(1)
+            if len(calls) == 1:
+                raise Interrupted
+            return compute(self, results)
+
+        monkeypatch.setattr(ZeroIfEmptyCocoMetric, "compute_metrics", compute_metrics)
+    else:
+        after_val_epoch = CheckpointHook.after_val_epoch
+
+        def interrupted_after_val_epoch(self, runner, metrics):
+            after_val_epoch(self, runner, metrics)
+            calls.append(1)
+            if len(calls) == 1:
+                raise Interrupted
+
+        monkeypatch.setattr(CheckpointHook, "after_val_epoch", interrupted_after_val_epoch)
+
+
+@pytest.mark.parametrize("where", ["metric", "hook"])
+def test_an_interruption_inside_validation_validates_that_epoch_on_resume(trained, tiny_prepared, monkeypatch, where):
+    root = trained["root"] / f"crash-in-val-{where}"
+    _raise_once_in_validation(monkeypatch, where)
+    with pytest.raises(Interrupted):
+        _train(tiny_prepared, root)
+    model = root / "model"
+    assert read_json(model / "state.json")["history"] == []  # epoch 1 has no row...
+    assert (model / "last_checkpoint").read_text().strip().endswith("epoch_1.pth")  # ...but a checkpoint to resume
+    resumed, cell = _train(tiny_prepared, root)
+    history = read_json(cell.state_path)["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    # Epoch 1 competed for best.pth and the run ends where the uninterrupted one did, train losses
+    # included (validation does not move the training RNG, before or after the checkpoint is written).
+    full_history = read_json(trained["root"] / "full" / "model" / "state.json")["history"]
+    untimed = lambda rows: [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]  # noqa: E731
+    assert untimed(history) == untimed(full_history)
+    scores = lambda final: {k: v for k, v in final.items() if k.startswith(("val_", "test_")) or k == "best_epoch"}  # noqa: E731
+    assert scores(resumed) == scores(trained["full"])
+    assert sorted(p.name for p in model.glob("*.pth")) == ["best.pth", "last.pth"]
+    client = mlflow.MlflowClient(trained["uri"])
+    assert [m.step for m in client.get_metric_history(resumed["run_id"], "val_bbox_mAP")] == [1, 2]
 
 
 def test_a_finished_or_changed_cell_starts_over(trained, tiny_prepared):

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import Runner
 
 from skulab.data.coco import class_names, load_split
@@ -64,8 +64,15 @@ class StopAfterEpochs(Exception):
 class TrackingHook(Hook):
     """Per-epoch train losses, lr and val metrics to MLflow, history.csv and the cell's state file.
 
-    It also checkpoints the Python, NumPy and torch RNG states (mmengine keeps only the seed), so
-    a resumed run draws the same augmentations as an uninterrupted one.
+    Every checkpoint also carries what resuming from it needs beyond mmengine's own state:
+    - the global RNG states (Python, NumPy, torch; mmengine keeps only the seed), so a resumed run
+      draws the same augmentations as an uninterrupted one. Validation runs on a copy of them (its
+      DataLoader seeds an iterator from torch's RNG), so the training stream, and the state saved,
+      is the same whether a checkpoint was written before or after its epoch's validation;
+    - the training half of its epoch's history row (losses, time), so an epoch whose validation
+      was interrupted can be validated on resume: mmengine writes `last_checkpoint` when training
+      ends, before validation, and resuming would otherwise start the next epoch with this one
+      never validated (no history row, never a candidate for the best checkpoint).
     """
 
     priority = "LOWEST"  # after CheckpointHook has saved the epoch's checkpoints
@@ -73,41 +80,77 @@ class TrackingHook(Hook):
     def __init__(self, cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None):
         self.cell, self.history, self.stop_after_epochs = cell, history, stop_after_epochs
         self.epochs_run = 0
+        self.sums, self.iters, self.started, self.epoch = {}, 0, time.perf_counter(), 0
+        self.trained: dict | None = None  # the training half of the current epoch's row, once it ends
+        self.training_rng: dict | None = None  # the training RNG states, set while validating
+
+    def before_train(self, runner) -> None:
+        # Resumed from the checkpoint of an epoch that has no history row: its validation was
+        # interrupted. Validate it now, as the uninterrupted run did before the next epoch. (Every
+        # hook's before_train has run, CheckpointHook's included: this hook is the last one.)
+        if self.trained is None or self.trained["epoch"] != runner.epoch or any(row["epoch"] == runner.epoch for row in self.history):
+            return
+        for hook in runner.hooks:
+            # mmengine re-saves the epoch's checkpoint when validation finds a new best (so the
+            # checkpoint names it), but only once it has saved one in this process; point it at
+            # the checkpoint resumed from.
+            if isinstance(hook, CheckpointHook) and hook.last_ckpt is None:
+                hook.last_ckpt = runner.message_hub.get_info("last_ckpt")
+        runner.val_loop.run()
 
     def before_train_epoch(self, runner) -> None:
-        self.sums, self.iters, self.started = {}, 0, time.perf_counter()
+        self.sums, self.iters, self.started, self.trained = {}, 0, time.perf_counter(), None
+        self.epoch = runner.epoch + 1  # runner.epoch counts finished epochs
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for key, value in (outputs or {}).items():
             self.sums[key] = self.sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
         self.iters += 1
 
+    def _end_training(self) -> dict:
+        """The epoch's training half of its row, fixed when first asked for after training: by its checkpoint."""
+        if self.trained is None:
+            seconds = time.perf_counter() - self.started
+            losses = {f"train_{key}": value / max(self.iters, 1) for key, value in self.sums.items()}
+            self.trained = {"epoch": self.epoch, "losses": losses, "seconds": seconds, "iters": self.iters}
+        return self.trained
+
     def after_train_epoch(self, runner) -> None:
-        self.train_seconds = time.perf_counter() - self.started
+        self._end_training()
+        self.epochs_run += 1
+
+    def before_val_epoch(self, runner) -> None:
+        self.training_rng = global_rng_state()
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        set_global_rng_state(self.training_rng)
+        self.training_rng = None
+        trained = self.trained
+        if trained is None or trained["epoch"] != runner.epoch:
+            raise SkulabError(f"{self.cell.model_dir}: validating epoch {runner.epoch} without its training record")
         row = {
             "epoch": runner.epoch,
             "lr": runner.optim_wrapper.get_lr()["lr"][0],
-            **{f"train_{key}": value / max(self.iters, 1) for key, value in self.sums.items()},
+            **trained["losses"],
             **{f"val_{metric_name(key)}": float(value) for key, value in (metrics or {}).items()},
-            "epoch_seconds": self.train_seconds,
-            "seconds_per_iter": self.train_seconds / max(self.iters, 1),
+            "epoch_seconds": trained["seconds"],
+            "seconds_per_iter": trained["seconds"] / max(trained["iters"], 1),
         }
         self.history.append(row)
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
         write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
         self.cell.save_state(finished=False, history=self.history)
-        self.epochs_run += 1
         if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
             raise StopAfterEpochs
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint["skulab_rng"] = global_rng_state()
+        checkpoint["skulab_rng"] = self.training_rng if self.training_rng is not None else global_rng_state()
+        checkpoint["skulab_trained"] = self._end_training()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "skulab_rng" in checkpoint:
             set_global_rng_state(checkpoint["skulab_rng"])
+        self.trained = checkpoint.get("skulab_trained")
 
 
 def _code_hash(config_file: Path) -> str:
@@ -173,20 +216,27 @@ class DetectorCell:
             return None
         return self._finish(runner, history)
 
-    def _checkpoint(self, pattern: str) -> Path:
-        found = sorted(self.model_dir.glob(pattern))
-        if not found:
-            raise SkulabError(f"{self.model_dir}: no checkpoint matching {pattern}")
-        return found[-1]
+    def _best(self, runner, history: list[dict]) -> tuple[Path, dict]:
+        """mmengine's best checkpoint and its epoch's history row, after checking every epoch has one row."""
+        epochs = [row["epoch"] for row in history]
+        if epochs != list(range(1, runner.max_epochs + 1)):
+            raise SkulabError(f"{self.model_dir}: history has epochs {epochs}, expected 1..{runner.max_epochs}; delete the folder to retrain the cell")
+        pointer = runner.message_hub.get_info("best_ckpt")  # what CheckpointHook saved last, by SELECT_METRIC
+        best = self.model_dir / Path(pointer).name if pointer else None
+        if best is None or not best.is_file():
+            raise SkulabError(f"{self.model_dir}: no best checkpoint by {SELECT_METRIC} (mmengine's best_ckpt: {pointer})")
+        epoch = int(best.stem.rsplit("_", 1)[1])
+        row = next((row for row in history if row["epoch"] == epoch), None)
+        if row is None:
+            raise SkulabError(f"{self.model_dir}: best checkpoint {best.name} is from epoch {epoch}, which has no history row")
+        return best, row
 
     def _finish(self, runner, history: list[dict]) -> dict:
-        best_name = f"best_{SELECT_METRIC.replace('/', '_')}_epoch_*.pth"
-        best = self._checkpoint(best_name)
+        best, best_row = self._best(runner, history)
+        best_epoch = best_row["epoch"]
         last = Path((self.model_dir / "last_checkpoint").read_text().strip())
         runner.load_checkpoint(str(best))
         test = runner.test()
-        best_epoch = int(best.stem.rsplit("_", 1)[1])
-        best_row = next(row for row in history if row["epoch"] == best_epoch)
         final = {
             "best_epoch": best_epoch,
             "run_id": self.run_id,
