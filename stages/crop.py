@@ -11,7 +11,7 @@ import mlflow
 from skulab.crop import choose_detector, crop_dataset
 from skulab.data.coco import load_card
 from skulab.errors import exit_on_user_error
-from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, PREPARED, SPLITS
+from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, GT_TEST, PREPARED, SPLITS
 from skulab.params import load_params
 from skulab.tracking import stage_run
 
@@ -26,8 +26,9 @@ def main() -> None:
         mlflow.set_tag("crop.test_detector", detector or "none")
         detections = DETECTIONS / detector / "test.bbox.json" if detector else None
         stats = crop_dataset(PREPARED, CROPS, params.crop, dataset_hash, detector, detections)
-        for split in SPLITS:
-            mlflow.log_metrics({f"{split}_{key}": value for key, value in stats[split].items()})
+        for split in (*SPLITS, GT_TEST):
+            if split in stats:
+                mlflow.log_metrics({f"{split}_{key}": value for key, value in stats[split].items()})
         mlflow.log_artifact(str(CROPS / "manifest.csv"), artifact_path="crops")
         mlflow.log_artifact(str(CROPS / "stats.json"), artifact_path="crops")
 

@@ -86,3 +86,11 @@ def test_detections_for_unknown_images_are_rejected(tiny_prepared, tiny_params, 
     with pytest.raises(SkulabError, match=r"test\.bbox\.json: image_id 987654 is not in the test split"):
         crop_dataset(tiny_prepared, tmp_path / "crops", tiny_params.crop, "h", "frcnn", path)
     assert not (tmp_path / "crops").exists()  # nothing half-written
+
+
+def test_ground_truth_test_crops_are_cut_beside_the_detected_ones(detected):
+    """The recognizer is also scored on true boxes, to show what detection costs it."""
+    gt_rows = [r for r in detected["rows"] if r["split"] == "test_gt"]
+    assert len(gt_rows) == len(detected["anns"]) == detected["stats"]["test_gt"]["crops"]
+    assert {r["origin"] for r in gt_rows} == {"ground_truth"}
+    assert sorted(r["class_name"] for r in gt_rows) == sorted(detected["names"][a["category_id"]] for a in detected["anns"])

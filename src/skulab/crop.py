@@ -20,7 +20,7 @@ from skulab.data.coco import class_names, load_split
 from skulab.matching import match
 from skulab.errors import SkulabError
 from skulab.io import atomic_path, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-from skulab.layout import SPLITS
+from skulab.layout import GT_TEST, SPLITS
 from skulab.params import CropParams
 
 BACKGROUND_ID, BACKGROUND = -1, "background"
@@ -57,8 +57,10 @@ def _save_crop(image: Image.Image, box: tuple[int, int, int, int], out: Path, cr
     write_bytes_atomic(out / "images" / crop_name, buffer.getvalue())
 
 
-def crop_split(prepared: Path, out: Path, split: str, params: CropParams) -> tuple[list[dict], int]:
-    """Ground-truth crops of one split, and how many boxes were too small to crop."""
+def crop_split(prepared: Path, out: Path, split: str, params: CropParams, name: str | None = None) -> tuple[list[dict], int]:
+    """Ground-truth crops of one split (written as split `name`, default the same), and how many
+    boxes were too small to crop."""
+    name = name or split
     coco = load_split(prepared, split)
     names = class_names(coco)
     images = {info["id"]: info for info in coco["images"]}
@@ -75,12 +77,12 @@ def crop_split(prepared: Path, out: Path, split: str, params: CropParams) -> tup
             image = Image.open(prepared / "images" / info["file_name"]).convert("RGB")
             current_id = ann["image_id"]
         box = padded_box(x, y, w, h, params.padding, image.width, image.height)
-        crop_name = f"{split}/{ann['id']:07d}.png"
+        crop_name = f"{name}/{ann['id']:07d}.png"
         _save_crop(image, box, out, crop_name)
         rows.append(
             {
                 "crop": crop_name,
-                "split": split,
+                "split": name,
                 "source_image": info["file_name"],
                 "x": x, "y": y, "w": w, "h": h,
                 "class_id": ann["category_id"],
@@ -163,13 +165,14 @@ def crop_dataset(prepared: Path, out: Path, params: CropParams, dataset_hash: st
     """
     stats: dict = {"dataset_hash": dataset_hash, "test_detector": detector or "none"}
     with atomic_path(out) as root:
-        rows = []
-        for split in SPLITS:
-            if split == "test" and detector is not None:
-                split_rows, stats[split] = crop_detections(prepared, root, params, detector, detections)
-            else:
-                split_rows, too_small = crop_split(prepared, root, split, params)
-                stats[split] = {"crops": len(split_rows), "skipped_too_small": too_small, "gt_boxes": len(split_rows) + too_small}
+        rows, ground_truth = [], {split: split for split in SPLITS}  # crop split name -> annotation split
+        if detector is not None:
+            rows, stats["test"] = crop_detections(prepared, root, params, detector, detections)
+            # The same products from their true boxes too, to show what detection costs recognition.
+            ground_truth = {"train": "train", "val": "val", GT_TEST: "test"}
+        for name, split in ground_truth.items():
+            split_rows, too_small = crop_split(prepared, root, split, params, name=name)
+            stats[name] = {"crops": len(split_rows), "skipped_too_small": too_small, "gt_boxes": len(split_rows) + too_small}
             rows += split_rows
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+GT_TEST = "test_gt"  # ground-truth test crops, cropped beside the detected ones when a detector gives the test crops
 PREPARED = Path("data/prepared")
 CROPS = Path("data/crops")
 DETECTIONS = Path("data/detections")

@@ -19,11 +19,13 @@ class CropSet:
     images: torch.Tensor  # N x 3 x S x S, uint8
     labels: torch.Tensor  # N, int64 class index; -1 for a detection that matched no product
     class_names: list[str]  # index -> name
+    crops: list[str]  # each crop's manifest name (its file under images/)
 
     def products(self) -> "CropSet":
         """The crops showing a known product (detections matched to a ground-truth box)."""
         known = self.labels >= 0
-        return CropSet(self.images[known], self.labels[known], self.class_names)
+        names = [name for name, keep in zip(self.crops, known.tolist()) if keep]
+        return CropSet(self.images[known], self.labels[known], self.class_names, names)
 
 
 def load_classes(crops: Path) -> dict[int, str]:
@@ -52,7 +54,8 @@ def load_split(crops: Path, split: str, storage_size: int) -> CropSet:
             images[i] = np.asarray(image.convert("RGB").resize((storage_size, storage_size), Image.BILINEAR))
     labels = torch.tensor([index_of.get(int(row["class_id"]), -1) for row in rows], dtype=torch.int64)
     names = [classes[class_id] for class_id in sorted(classes)]
-    return CropSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, names)
+    crops_names = [row["crop"] for row in rows]
+    return CropSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, names, crops_names)
 
 
 class TransformedCrops(Dataset):

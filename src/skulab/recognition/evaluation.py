@@ -5,11 +5,14 @@ heads have no trained classifier, so their accuracy is the nearest-prototype one
 scored on the embedding their loss trained (before the BNNeck).
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
+from sklearn.metrics import balanced_accuracy_score
 
 
 @torch.no_grad()
@@ -30,12 +33,38 @@ def embed(model, images: torch.Tensor, transform, after_bnneck: bool, batch_size
     return torch.cat(features), torch.cat(logits)
 
 
-def prototype_predictions(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: torch.Tensor, num_classes: int):
-    """Class of the nearest class-mean (cosine) of the gallery embeddings."""
+def prototype_similarities(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: torch.Tensor, num_classes: int):
+    """Cosine similarity of each query to each class-mean of the gallery embeddings (queries x classes)."""
     gallery = F.normalize(gallery, dim=1)
     prototypes = torch.zeros(num_classes, gallery.shape[1]).index_add_(0, gallery_labels, gallery)
     prototypes = F.normalize(prototypes, dim=1)
-    return (F.normalize(queries, dim=1) @ prototypes.T).argmax(dim=1)
+    return F.normalize(queries, dim=1) @ prototypes.T
+
+
+def prototype_predictions(gallery: torch.Tensor, gallery_labels: torch.Tensor, queries: torch.Tensor, num_classes: int):
+    """Class of the nearest class-mean (cosine) of the gallery embeddings."""
+    return prototype_similarities(gallery, gallery_labels, queries, num_classes).argmax(dim=1)
+
+
+def predict(gallery, gallery_labels, queries, query_logits, num_classes: int, has_classifier: bool) -> dict[str, torch.Tensor]:
+    """Per query: the head's answer and its confidence, and the nearest prototype with its similarity.
+
+    The head's answer is the classifier's arg-max (confidence: its softmax probability) or, for
+    metric-only heads, the nearest prototype (confidence: (1 + cosine) / 2, so it lies in [0, 1]).
+    """
+    similarity, proto_pred = prototype_similarities(gallery, gallery_labels, queries, num_classes).max(dim=1)
+    if has_classifier:
+        confidence, pred = query_logits.softmax(dim=1).max(dim=1)
+    else:
+        confidence, pred = (1 + similarity) / 2, proto_pred
+    return {"pred": pred, "confidence": confidence, "proto_pred": proto_pred, "proto_similarity": similarity}
+
+
+def balanced_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean of the per-class recalls over the classes present in `labels` (macro accuracy)."""
+    with warnings.catch_warnings():  # a predicted class absent from `labels` is not an error here
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(labels.numpy(), predictions.numpy()))
 
 
 _retrieval = AccuracyCalculator(
@@ -55,6 +84,8 @@ def score(gallery, gallery_labels, queries, query_logits, query_labels, num_clas
     }
     if has_classifier:
         metrics["top1"] = (query_logits.argmax(dim=1) == query_labels).float().mean().item()
+    answers = query_logits.argmax(dim=1) if has_classifier else proto
+    metrics["balanced_acc"] = balanced_accuracy(answers, query_labels)
     return metrics
 
 

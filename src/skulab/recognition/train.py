@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, read_json, write_csv_atomic, write_json_atomic
+from skulab.layout import GT_TEST
+from skulab.io import atomic_path, hash_files, read_json, write_csv_atomic, write_json_atomic
 from skulab.params import RecognizerConfig, params_hash
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform, train_transform
@@ -71,8 +72,8 @@ class CellTrainer:
     def __init__(self, config: RecognizerConfig, seed: int, crops: Path, model_dir: Path, metrics_dir: Path):
         self.config, self.seed = config, seed
         self.crops, self.model_dir, self.metrics_dir = crops, model_dir, metrics_dir
-        manifest = crops / "manifest.csv"
-        crops_hash = params_hash(manifest.read_text()) if manifest.is_file() else "none"
+        # The crops' bytes, not just the manifest: padding or a lighting change keeps every box.
+        crops_hash = hash_files(crops) if crops.is_dir() else "none"
         self.fingerprint = params_hash({"config": config, "seed": seed, "crops": crops_hash, "code": _code_hash()})
         self.has_classifier = uses_classifier(config.loss)
 
@@ -105,20 +106,20 @@ class CellTrainer:
             return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
 
-    def _evaluate(self, model, train: CropSet, query: CropSet) -> tuple[dict, torch.Tensor]:
+    def _evaluate(self, model, train: CropSet, query: CropSet) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Metrics over the query crops that show a product, and every query crop's prediction."""
         transform = eval_transform(self.config.image_size)
         gallery, _ = evaluation.embed(model, train.images, transform, self.has_classifier)
         features, logits = evaluation.embed(model, query.images, transform, self.has_classifier)
         num_classes = len(train.class_names)
-        metrics = evaluation.score(
-            gallery, train.labels, features, logits, query.labels, num_classes, self.has_classifier
+        outputs = evaluation.predict(gallery, train.labels, features, logits, num_classes, self.has_classifier)
+        known = query.labels >= 0
+        metrics = (
+            evaluation.score(gallery, train.labels, features[known], logits[known], query.labels[known], num_classes, self.has_classifier)
+            if known.any()
+            else {}
         )
-        predictions = (
-            logits.argmax(dim=1)
-            if self.has_classifier
-            else evaluation.prototype_predictions(gallery, train.labels, features, num_classes)
-        )
-        return metrics, predictions
+        return metrics, outputs
 
     def selection_metric(self) -> str:
         return "val_top1" if self.has_classifier else "val_proto_acc"
@@ -128,13 +129,14 @@ class CellTrainer:
         cfg = self.config
         seed_everything(self.seed)
         storage = round(cfg.image_size * 1.15)
-        splits = {split: load_split(self.crops, split, storage) for split in ("train", *EVAL_SPLITS)}
+        stats = read_json(self.crops / "stats.json")
+        splits = {split: load_split(self.crops, split, storage) for split in ("train", *EVAL_SPLITS, GT_TEST) if split in stats}
         train = splits["train"]
         model = Recognizer(cfg.backbone, len(train.class_names), cfg.embedding_dim, cfg.pretrained)
         model.to(resolve_device(cfg.device))
         generator = torch.Generator().manual_seed(self.seed)
         loader = self._loader(train, generator)
-        optimizer = create_optimizer(model.parameters(), cfg)
+        optimizer = create_optimizer(model, cfg)
         scheduler = create_schedule(optimizer, cfg, len(loader))
         criterion = WeightedLoss(cfg)
         start_epoch, history, best = 0, [], {"value": -1.0, "epoch": -1}
@@ -208,14 +210,17 @@ class CellTrainer:
         model.load_state_dict(best_state["model"])
         # Test crops may come from a detector: score recognition on those showing a product, and
         # the whole chain over every crop and every ground-truth box (stats.json of the crop stage).
-        test = splits["test"].products()
-        if len(test.labels):
-            test_metrics, predictions = self._evaluate(model, splits["train"], test)
-        else:
+        test = splits["test"]
+        test_metrics, outputs = self._evaluate(model, splits["train"], test)
+        known = test.labels >= 0
+        if not known.any():
             tqdm.write("warning: no test crop shows a product (the detector matched none); end-to-end scores are 0")
-            test_metrics, predictions = {}, torch.empty(0, dtype=torch.int64)
         gt_boxes = read_json(self.crops / "stats.json")["test"]["gt_boxes"]
-        test_metrics.update(evaluation.end_to_end(predictions, test.labels, len(splits["test"].labels), gt_boxes))
+        test_metrics.update(evaluation.end_to_end(outputs["pred"][known], test.labels[known], len(test.labels), gt_boxes))
+        if GT_TEST in splits:  # the same model on ground-truth boxes: what detection costs recognition
+            gt_metrics, _ = self._evaluate(model, splits["train"], splits[GT_TEST])
+            test_metrics.update({f"gt_{k}": v for k, v in gt_metrics.items()})
+        self._write_predictions(test, outputs)
         best_row = history[best["epoch"] - 1]
         final = {
             "best_epoch": best["epoch"],
@@ -224,14 +229,26 @@ class CellTrainer:
             **{k: v for k, v in best_row.items() if k.startswith("val_")},
             "train_seconds": sum(row["epoch_seconds"] for row in history),
         }
-        per_class = evaluation.per_class_accuracy(predictions, test.labels, test.class_names)
+        per_class = evaluation.per_class_accuracy(outputs["pred"][known], test.labels[known], test.class_names)
         mlflow.log_metrics({k: v for k, v in final.items() if k.startswith("test_")})
         mlflow.log_metric("best_epoch", best["epoch"])
         write_json_atomic(self.metrics_dir / "final.json", final)
         write_json_atomic(self.metrics_dir / "per_class.json", {"test_accuracy": per_class})
         plot_history(history, self.metrics_dir / "curves.png", title=self.metrics_dir.name)
-        for path in (self.metrics_dir / "final.json", self.metrics_dir / "per_class.json", self.metrics_dir / "history.csv", self.metrics_dir / "curves.png"):
+        for path in (self.metrics_dir / name for name in ("final.json", "per_class.json", "history.csv", "curves.png", "test_predictions.csv")):
             mlflow.log_artifact(str(path), artifact_path="metrics")
         mlflow.log_artifact(str(self.best_path), artifact_path="checkpoints")
         mlflow.log_artifact(str(self.last_path), artifact_path="checkpoints")
         return final
+
+    def _write_predictions(self, test: CropSet, outputs: dict[str, torch.Tensor]) -> None:
+        """Every test crop's answer (background crops too), for the report's shelf metrics and confusions."""
+        columns = zip(
+            test.crops, test.labels.tolist(), outputs["pred"].tolist(), outputs["confidence"].tolist(),
+            outputs["proto_pred"].tolist(), outputs["proto_similarity"].tolist(),
+        )
+        rows = [
+            {"crop": crop, "label": label, "pred": pred, "confidence": round(confidence, 6), "proto_pred": proto_pred, "proto_similarity": round(similarity, 6)}
+            for crop, label, pred, confidence, proto_pred, similarity in columns
+        ]
+        write_csv_atomic(self.metrics_dir / "test_predictions.csv", rows)
