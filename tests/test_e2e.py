@@ -56,8 +56,13 @@ def test_first_repro_runs_every_stage(pipeline):
     assert "test_top1" not in summary["variants"]["triplet"]  # metric-only head: no classifier accuracy
     assert 0 <= summary["variants"]["baseline"]["test_top1"]["mean"] <= 1
     assert "| baseline |" in (repo / "metrics/summary.md").read_text()
-    for png in ("summary.png", "val_curves.png", "recognizer/baseline-0/curves.png"):
-        assert (repo / "metrics" / png).read_bytes()[:4] == b"\x89PNG", png
+    assert summary["rank_by"].startswith("val_")  # selected on val, test reported beside it
+    assert "test_proto_acc" in summary["variants"]["triplet"] and "vs_baseline" in summary["variants"]["triplet"]
+    for png in ("reports/ranking.png", "reports/axis_loss_curves.png", "reports/detectors_val_map.png", "reports/confusion.png", "metrics/recognizer/baseline-0/curves.png"):
+        assert (repo / png).read_bytes()[:4] == b"\x89PNG", png
+    report = (repo / "reports/report.md").read_text()
+    for section in ("## Ranking", "## Axis: loss", "## Detectors", "## End to end on the shelf", "## Confusions of the best variant"):
+        assert section in report, section
     assert (repo / "models/recognizer/baseline-0/best.pt").is_file()
     shown = _run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
     assert "metrics/summary.json" in shown and "metrics/recognizer/triplet-0/final.json" in shown
@@ -141,7 +146,7 @@ def test_adding_a_variant_runs_only_its_cells(pipeline):
     repo, _ = pipeline
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["recognizer"]["variants"]["ranger_ms_cosine"] = {
-        "optimizer": "ranger", "loss": {"multi_similarity": 1.0}, "schedule": "warmup_cosine", "milestones": []
+        "optimizer": "ranger", "loss": {"multi_similarity": 1.0}, "schedule": "warmup_cosine"
     }
     write_params(repo / "params.yaml", params)
     rerun = _run([BIN / "dvc", "repro"], repo).stdout

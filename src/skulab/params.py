@@ -15,13 +15,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from skulab.errors import SkulabError
 from skulab.recognition.augment import AUGMENTS
 from skulab.recognition.backbones import BACKBONES
-from skulab.recognition.losses import LOSSES, uses_metric_loss
+from skulab.recognition.losses import LOSSES, active_losses, uses_metric_loss
 from skulab.recognition.optimizers import OPTIMIZERS
 from skulab.recognition.schedules import SCHEDULES
 
 PARAMS_FILE = "params.yaml"
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]  # a moment decay rate: 1 would never forget (and divides by 0)
 
 
 class Strict(BaseModel):
@@ -85,6 +86,7 @@ class CocoSource(Strict):
 
 class VocSource(Strict):
     classes: list[str] = Field(description="allowed class names in id order; empty = every name found, sorted")
+    difficult: Literal["keep", "drop"] = Field(description="objects marked <difficult>1: drop (VOC protocol) or keep as boxes")
 
 
 class YoloSource(Strict):
@@ -183,6 +185,14 @@ class GridParams(Strict):
         """The base merged with one variant's overrides (already validated by load_params)."""
         return self.config_schema.model_validate({**self.base, **(self.variants[variant] or {})})
 
+    def variant_errors(self, override: dict, config: BaseModel) -> list[str]:
+        """Errors of one schema-valid variant beyond its schema, each 'key: message'."""
+        return []
+
+    def canonical(self, config: BaseModel) -> dict:
+        """What makes two resolved configurations the same cell."""
+        return config.model_dump(mode="json")
+
 
 CROP_DETECTOR_CHOICES = ("best", "none")  # crop.detector values besides a variant name
 
@@ -210,7 +220,8 @@ class RecognizerConfig(Strict):
     optimizer: Annotated[str, AfterValidator(_choice("optimizer", OPTIMIZERS))]
     lr: float = Field(gt=0, le=10)
     weight_decay: float = Field(ge=0, le=1)
-    betas: tuple[Fraction, Fraction]
+    betas: tuple[Beta, Beta]
+    decay_norm_and_bias: bool = Field(description="false: 1-D parameters (norms, biases, the BNNeck) get no weight decay")
     momentum: float = Field(ge=0, lt=1)
     lookahead_k: int = Field(ge=1)
     lookahead_alpha: float = Field(gt=0, le=1)
@@ -253,12 +264,20 @@ class RecognizerConfig(Strict):
             raise ValueError(f"must be none, imagenet or an existing weights file; '{value}' not found")
         return value
 
+    def axes(self) -> list[tuple[str, dict, list[str]]]:
+        """(axis, its table, the entries this configuration uses) for each axis whose entries read keys."""
+        return [
+            ("optimizer", OPTIMIZERS, [self.optimizer]),
+            ("loss", LOSSES, active_losses(self.loss)),
+            ("schedule", SCHEDULES, [self.schedule]),
+        ]
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
-        if self.milestones != sorted(self.milestones) or any(
-            not self.warmup_epochs < m < self.epochs for m in self.milestones
+        if "milestones" in SCHEDULES[self.schedule].reads and (
+            self.milestones != sorted(self.milestones) or any(not self.warmup_epochs < m < self.epochs for m in self.milestones)
         ):
             raise ValueError(
                 f"milestones {self.milestones} must be increasing and between warmup_epochs and epochs"
@@ -267,6 +286,11 @@ class RecognizerConfig(Strict):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of sampler_k ({self.sampler_k}) "
                 "for the PK sampler a metric loss needs"
+            )
+        if uses_metric_loss(self.loss) and self.batch_size // self.sampler_k < 2:
+            raise ValueError(
+                f"a PK batch of batch_size ({self.batch_size}) / sampler_k ({self.sampler_k}) = 1 class has no negatives; "
+                "a metric loss needs P >= 2 classes per batch"
             )
         return self
 
@@ -282,9 +306,47 @@ class RecognizerParams(GridParams):
             raise ValueError(f"seeds must be unique, got {seeds}")
         return seeds
 
+    def variant_errors(self, override: dict, config: RecognizerConfig) -> list[str]:
+        """A key a variant sets must be read by the method it uses; each axis table's records say which keys they read."""
+        axes = config.axes()
+        used, ignored = set(), {}
+        for _, table, names in axes:
+            for info in (table[name] for name in names):
+                skipped = info.ignores(config)
+                used |= info.reads - set(skipped)
+                ignored.update(skipped)
+        errors = []
+        for key in override:
+            for axis, table, names in axes:
+                readers = [name for name, info in table.items() if key in info.reads]
+                if not readers or key in used:
+                    continue
+                chosen = f"{axis} {', '.join(repr(name) for name in names)}"
+                why = f"when {ignored[key]}" if key in ignored else f"(read by {', '.join(readers)})"
+                errors.append(f"{key}: not read by {chosen} {why}; remove it or change {axis}")
+                break
+        return errors
+
+    def canonical(self, config: RecognizerConfig) -> dict:
+        dump = config.model_dump(mode="json")
+        return {**dump, "loss": {name: w for name, w in dump["loss"].items() if w > 0}}
+
+
+RANK_METRICS = ("val_proto_acc", "val_precision_at_1", "val_map_at_r")  # validation metrics every head has
+
 
 class EvaluateParams(Strict):
-    rank_by: Literal["test_top1", "test_proto_acc", "test_precision_at_1", "test_map_at_r"]
+    rank_by: str = Field(description="the validation metric that ranks variants and picks the best (never a test metric)")
+    baseline: Name = Field(description="the recognizer variant every other variant is compared with, seed by seed")
+
+    @field_validator("rank_by")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        """Selecting on test would make the reported test numbers optimistic; every head must have the metric."""
+        if value not in RANK_METRICS:
+            hint = "; test metrics are reported beside it, never used to select" if value.startswith("test_") else ""
+            raise ValueError(f"must be a validation metric every head has: {', '.join(RANK_METRICS)} (got '{value}'){hint}")
+        return value
 
 
 class Params(Strict):
@@ -326,16 +388,26 @@ def _validate_variants(section: str, grid: GridParams, source: str, context: dic
         errors += [_format_error(e, (section, "base")) for e in exc.errors() if not e["loc"] or e["loc"][0] not in own]
     if errors:
         _raise(source, errors)
+    resolved = {}
     for name, override in grid.variants.items():
         override = override or {}
         try:
-            schema.model_validate({**grid.base, **override}, context=context)
+            resolved[name] = schema.model_validate({**grid.base, **override}, context=context)
+            errors += [f"{section}.variants.{name}.{error}" for error in grid.variant_errors(override, resolved[name])]
         except ValidationError as exc:
             for e in exc.errors():
                 # Blame the variant when it set the key, added an unknown one or lacks its own key; else the base.
                 key = e["loc"][0] if e["loc"] else None
                 blame_variant = key in override or key in own or not e["loc"]
                 errors.append(_format_error(e, (section, "variants", name) if blame_variant else (section, "base")))
+    if errors:
+        _raise(source, errors)
+    seen = {}
+    for name, config in resolved.items():  # two names for one cell would train it twice and rank it twice
+        key = json.dumps(grid.canonical(config), sort_keys=True)
+        if key in seen:
+            errors.append(f"{section}.variants.{name}: resolves to the same configuration as variant '{seen[key]}'")
+        seen.setdefault(key, name)
     if errors:
         _raise(source, errors)
 

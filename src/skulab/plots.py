@@ -1,8 +1,9 @@
-"""PNG plots next to the tables: training curves per cell and the ablation summary."""
+"""PNG plots next to the tables: training curves per cell, and the report's per-axis curves, CIs and confusions."""
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,16 +44,6 @@ def plot_history(history: list[dict], path: Path, title: str, scores: tuple[str,
     _save(fig, path)
 
 
-def plot_summary(stats: dict[str, dict], label: str, path: Path) -> None:
-    """Mean +- std over seeds per variant (name -> {"mean", "std"}), best on top."""
-    names = sorted(stats, key=lambda name: stats[name]["mean"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-    ax.barh(names, [stats[n]["mean"] for n in names], xerr=[stats[n]["std"] for n in names], color="#4c72b0")
-    ax.set_xlabel(f"{label} (mean +- std over seeds)")
-    ax.set_xlim(0, 1)
-    _save(fig, path)
-
-
 def plot_box_sizes(coco_by_split: dict[str, dict], path: Path) -> None:
     """Histograms of box width and height per split (pixels)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -65,37 +56,106 @@ def plot_box_sizes(coco_by_split: dict[str, dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_val_curves(histories: dict[str, dict[int, list[dict]]], metric: str, path: Path) -> None:
-    """`metric` per epoch for every cell, one colour per variant, one line per seed."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = plt.get_cmap("tab20")
-    for index, (variant, by_seed) in enumerate(sorted(histories.items())):
-        for number, history in enumerate(by_seed.values()):
-            ax.plot(
-                [row["epoch"] for row in history],
-                [float(row[metric]) for row in history],
-                color=colours(index % 20),
-                label=variant if number == 0 else None,
-                alpha=0.85,
-            )
+MAX_LINES = 6  # more lines than this in one figure can't be told apart
+
+
+def _band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and sample std over seeds (std 0 for one seed), up to the shortest curve."""
+    length = min(len(c) for c in curves)
+    values = np.array([c[:length] for c in curves], dtype=float)
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(length)
+    return np.arange(1, length + 1), values.mean(axis=0), std
+
+
+def plot_mean_curves(series: dict[str, list[list[float]]], metric: str, path: Path, title: str, baseline: str | None = None, notes: dict[str, str] | None = None) -> None:
+    """Mean over seeds per epoch with a +-1 std band, one colour per variant (at most MAX_LINES).
+
+    The baseline is black and dashed, so every axis figure reads against the same reference.
+    """
+    if len(series) > MAX_LINES:
+        raise ValueError(f"{len(series)} lines in one figure; split them (at most {MAX_LINES})")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colours = plt.get_cmap("tab10")
+    for index, (name, curves) in enumerate(series.items()):
+        epochs, mean, std = _band(curves)
+        colour = "black" if name == baseline else colours(index % 10)
+        label = f"{name} (n={len(curves)}{(notes or {}).get(name, '')})"
+        ax.plot(epochs, mean, color=colour, linestyle="--" if name == baseline else "-", marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (mean, band: +-1 std over seeds)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    ax.set_title(title)
     _save(fig, path)
 
 
-def plot_detectors(detectors: dict[str, dict], metrics: tuple[str, ...], path: Path) -> None:
-    """Grouped bars: each detector's COCO scores side by side."""
-    names = list(detectors)
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 3.5))
-    width = 0.8 / len(metrics)
-    for i, metric in enumerate(metrics):
-        xs = [n + (i - (len(metrics) - 1) / 2) * width for n in range(len(names))]
-        ax.bar(xs, [detectors[name][metric] for name in names], width, label=metric)
-    ax.set_xticks(range(len(names)), names)
+def plot_final_bars(bars: list[dict], path: Path, title: str) -> None:
+    """Per variant, a bar per metric at its mean with its 95% CI and a dot per seed.
+
+    `bars`: [{"name", "metrics": {metric: {"mean", "ci_low", "ci_high", "values"}}}]; a bound of
+    None (one seed) draws no interval.
+    """
+    metrics = list(dict.fromkeys(m for bar in bars for m in bar["metrics"]))
+    names = [bar["name"] for bar in bars][::-1]  # first on top
+    height = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) * max(1, len(metrics)) + 1.4))
+    colours = plt.get_cmap("tab10")
+    for m_index, metric in enumerate(metrics):
+        for row, bar in enumerate(bars[::-1]):
+            entry = bar["metrics"].get(metric)
+            if entry is None:
+                continue
+            y = row - (m_index - (len(metrics) - 1) / 2) * height  # first metric on top
+            ax.barh(y, entry["mean"], height, color=colours(m_index), alpha=0.75, label=metric if row == 0 else None)
+            if entry.get("ci_low") is not None:
+                ax.errorbar(entry["mean"], y, xerr=[[entry["mean"] - entry["ci_low"]], [entry["ci_high"] - entry["mean"]]], color="black", capsize=3, linewidth=1)
+            ax.scatter(entry.get("values", []), [y] * len(entry.get("values", [])), color="black", s=9, zorder=3)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mean over seeds; whisker: 95% CI (t); dots: seeds")
+    ax.grid(axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_epoch_lines(lines: dict[str, list[float]], metric: str, path: Path, title: str) -> None:
+    """One line per run (e.g. a detector's val mAP per epoch), at most MAX_LINES."""
+    if len(lines) > MAX_LINES:
+        raise ValueError(f"{len(lines)} lines in one figure; split them (at most {MAX_LINES})")
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for label, values in lines.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("COCO bbox")
-    ax.legend(fontsize=7)
-    ax.set_title("detectors")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    """Rows: true class, columns: predicted; colour: share of the row; numbers: crops (confusions in bold red)."""
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.32 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for t, p in zip(*np.nonzero(counts)):
+        colour = "white" if shares[t, p] > 0.5 else ("#b2182b" if t != p else "black")
+        ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=7, color=colour, fontweight="bold" if t != p else "normal")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_title(title)
     _save(fig, path)

@@ -1,46 +1,75 @@
-"""The evaluate stage: every recognizer cell into one table (mean and std over seeds per variant),
-and every detector cell into another."""
+"""The evaluate stage's numbers, kept apart from their rendering (report.py, plots.py).
+
+Every recognizer variant is described over its seeds, compared with the baseline variant seed by
+seed, ranked by a validation metric that every head has (test metrics are reported beside it, never
+used to select) and flagged when its validation curve is still rising. Detector cells and the
+end-to-end shelf metrics join them. Statistics come from `skulab.stats`, shelf metrics from
+`skulab.shelf`.
+"""
 
 import csv
-import json
-import statistics
 from pathlib import Path
 
+from skulab import shelf, stats
+from skulab.data.coco import load_split
 from skulab.errors import SkulabError
-from skulab.io import read_json, write_json_atomic, write_text_atomic
+from skulab.io import read_json
 from skulab.layout import recognizer_cell
-from skulab.plots import plot_detectors, plot_summary, plot_val_curves
 
-TEST_METRICS = ("test_top1", "test_proto_acc", "test_precision_at_1", "test_map_at_r", "test_e2e_recall", "test_e2e_precision")
+VAL_METRICS = ("val_proto_acc", "val_precision_at_1", "val_map_at_r", "val_top1")
+TEST_METRICS = (
+    "test_proto_acc", "test_top1", "test_balanced_acc", "test_precision_at_1", "test_map_at_r",
+    "test_e2e_recall", "test_e2e_precision", "test_gt_proto_acc", "test_gt_top1",
+)
 DETECTOR_METRICS = ("val_bbox_mAP", "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
+SHELF_METRICS = ("mAP", "mAP50", "count_accuracy")
+
+# Which ablation axis each recognizer key belongs to (README, "The recognizer grid"). A key in none
+# of them counts as "other"; a variant changing keys of two axes is "mixed".
+AXES = {
+    "optimizer": ("optimizer", "lr", "weight_decay", "betas", "momentum", "lookahead_k", "lookahead_alpha", "decay_norm_and_bias"),
+    "loss": ("loss", "label_smoothing", "triplet_margin", "triplet_soft_margin", "ms_alpha", "ms_beta", "ms_base", "ms_miner_epsilon", "sampler_k"),
+    "schedule": ("schedule", "warmup_epochs", "warmup_method", "warmup_factor", "milestones", "gamma", "end_lr_factor"),
+    "augmentation": ("augment",),
+    "backbone": ("backbone", "pretrained"),
+}
+AXIS_ORDER = (*AXES, "other", "mixed")
+_UNSET = object()
 
 
-def _mean_std(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
-
-
-def load_histories(metrics_root: Path, cells: dict[str, dict[int, dict]]) -> dict[str, dict[int, list[dict]]]:
-    histories: dict[str, dict[int, list[dict]]] = {}
-    for variant, by_seed in cells.items():
-        for seed in by_seed:
-            with open(metrics_root / recognizer_cell(variant, seed) / "history.csv", newline="") as f:
-                histories.setdefault(variant, {})[seed] = list(csv.DictReader(f))
-    return histories
-
+# --- loading ---------------------------------------------------------------------------------
 
 def load_cells(metrics_root: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """cell.json + final.json of each listed cell; a removed variant's stale folder is never read."""
     cells: dict[str, dict[int, dict]] = {}
     for variant in variants:
         for seed in seeds:
             folder = metrics_root / recognizer_cell(variant, seed)
             try:
-                final = json.loads((folder / "final.json").read_text())
-                cell = json.loads((folder / "cell.json").read_text())
+                cell = {**read_json(folder / "cell.json"), **read_json(folder / "final.json")}
             except FileNotFoundError as exc:
                 raise SkulabError(f"{exc.filename}: missing; run train_recognizer@{folder.name} (dvc repro)") from None
-            cells.setdefault(variant, {})[seed] = {**cell, **final}
+            cells.setdefault(variant, {})[seed] = cell
     return cells
+
+
+def _read_history(path: Path, stage: str) -> list[dict]:
+    """history.csv as rows of floats (an empty cell, e.g. a head without val_top1, is left out)."""
+    try:
+        with open(path, newline="") as f:
+            return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        raise SkulabError(f"{path}: missing; run {stage} (dvc repro)") from None
+
+
+def load_histories(metrics_root: Path, cells: dict[str, dict[int, dict]]) -> dict[str, dict[int, list[dict]]]:
+    return {
+        variant: {
+            seed: _read_history(metrics_root / recognizer_cell(variant, seed) / "history.csv", f"train_recognizer@{recognizer_cell(variant, seed)}")
+            for seed in by_seed
+        }
+        for variant, by_seed in cells.items()
+    }
 
 
 def load_detectors(metrics_root: Path, names: list[str]) -> dict[str, dict]:
@@ -50,83 +79,200 @@ def load_detectors(metrics_root: Path, names: list[str]) -> dict[str, dict]:
         if not path.is_file():
             raise SkulabError(f"{path}: missing; run train_detector@{name} (dvc repro)")
         final = read_json(path)
-        detectors[name] = {key: final[key] for key in ("best_epoch", "run_id", *DETECTOR_METRICS)}
+        detectors[name] = {key: final[key] for key in ("best_epoch", "run_id", *DETECTOR_METRICS) if key in final}
     return detectors
 
 
-def ranking_stats(entry: dict, rank_by: str) -> dict:
-    """Metric-only heads have no top-1: they rank by nearest-prototype accuracy, which every head has."""
-    return entry.get(rank_by, entry["test_proto_acc"])
+def load_detector_histories(metrics_root: Path, names: list[str]) -> dict[str, list[dict]]:
+    return {name: _read_history(metrics_root / name / "history.csv", f"train_detector@{name}") for name in names}
 
 
-def summarize(cells: dict[str, dict[int, dict]], rank_by: str, detectors: dict[str, dict]) -> dict:
-    variants = {}
-    for variant, by_seed in cells.items():
-        entry = {
-            "overrides": next(iter(by_seed.values()))["overrides"],
-            "runs": {str(seed): cell["run_id"] for seed, cell in by_seed.items()},
-        }
-        for metric in TEST_METRICS:
-            values = [cell[metric] for cell in by_seed.values() if metric in cell]
-            if values:
-                entry[metric] = _mean_std(values)
-        variants[variant] = entry
-    ranked = sorted(variants, key=lambda v: -ranking_stats(variants[v], rank_by)["mean"])
-    test_detector = {cell["test_detector"] for by_seed in cells.values() for cell in by_seed.values()}
+def load_predictions(metrics_root: Path, variant: str, seed: int) -> list[dict]:
+    """A cell's test_predictions.csv (every test crop's answer), or a one-line error naming its stage."""
+    path = metrics_root / recognizer_cell(variant, seed) / "test_predictions.csv"
+    if not path.is_file():
+        raise SkulabError(f"{path}: missing; run train_recognizer@{recognizer_cell(variant, seed)} (dvc repro)")
+    return shelf.read_csv_rows(path, shelf.PREDICTION_FIELDS)
+
+
+def class_names(crops: Path) -> list[str]:
+    """Recognizer class index -> name: data/crops/classes.json sorted by class id."""
+    classes = read_json(crops / "classes.json")
+    return [classes[key] for key in sorted(classes, key=int)]
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def reported_metric(rank_by: str) -> str:
+    """The test counterpart of the validation ranking metric: what the report states as the result."""
+    return "test_" + rank_by.removeprefix("val_")
+
+
+def _values(by_seed: dict[int, dict], metric: str) -> dict[int, float]:
+    """Per-seed values of `metric`, leaving out seeds that lack it (e.g. no product among test crops)."""
+    return {seed: float(cell[metric]) for seed, cell in by_seed.items() if cell.get(metric) is not None}
+
+
+def describe_metrics(by_seed: dict[int, dict], metrics: tuple[str, ...]) -> dict[str, dict]:
+    described = {}
+    for metric in metrics:
+        values = _values(by_seed, metric)
+        if values:
+            described[metric] = stats.describe([values[s] for s in sorted(values)])
+    return described
+
+
+def mean_curve(histories: dict[int, list[dict]], metric: str) -> list[float]:
+    """The metric per epoch averaged over seeds, up to the shortest history."""
+    curves = [[row[metric] for row in rows if metric in row] for rows in histories.values()]
+    curves = [c for c in curves if c]
+    length = min((len(c) for c in curves), default=0)
+    return [sum(c[i] for c in curves) / len(curves) for i in range(length)]
+
+
+def differing_keys(overrides: dict, baseline_overrides: dict) -> list[str]:
+    """Keys whose value differs from the baseline variant's (a key a variant leaves out has the base value)."""
+    keys = set(overrides) | set(baseline_overrides)
+    return sorted(k for k in keys if overrides.get(k, _UNSET) != baseline_overrides.get(k, _UNSET))
+
+
+def axis_of(keys: list[str]) -> str:
+    axes = {next((axis for axis, members in AXES.items() if key in members), "other") for key in keys}
+    if len(axes) > 1:
+        return "mixed"
+    return axes.pop() if axes else "other"
+
+
+def compare(variant: dict[int, float], baseline: dict[int, float], alpha: float) -> dict | None:
+    """Paired difference on the seeds both have; None when they share none."""
+    upper, lower, seeds = stats.pair_by_seed(variant, baseline)
+    if not seeds:
+        return None
+    result = stats.paired_comparison(upper, lower)
+    return result | {"seeds": seeds, "seeds_needed": stats.seeds_needed(result["diff_mean"], result["diff_std"], alpha=alpha)}
+
+
+def _adjust(comparisons: dict[str, dict | None]) -> None:
+    """Holm over the family in place: adds p_holm and significant to each comparison."""
+    adjusted = stats.holm({name: c["p_value"] for name, c in comparisons.items() if c is not None})
+    for name, comparison in comparisons.items():
+        if comparison is not None:
+            comparison["p_holm"] = adjusted[name]
+            comparison["significant"] = stats.is_significant(adjusted[name])
+
+
+def compare_with_baseline(cells: dict[str, dict[int, dict]], baseline: str, metric: str) -> dict[str, dict | None]:
+    """Every variant minus the baseline on `metric`, Holm-adjusted over all of them."""
+    others = [v for v in cells if v != baseline]
+    alpha = stats.ALPHA / max(1, len(others))  # a Holm-safe seeds-needed count
+    base = _values(cells[baseline], metric)
+    comparisons = {v: compare(_values(cells[v], metric), base, alpha) for v in others}
+    _adjust(comparisons)
+    return comparisons
+
+
+def rank(variants: dict[str, dict], rank_by: str) -> list[str]:
+    """Best first by the mean of the validation metric; a variant without it goes last."""
+    def key(name):
+        described = variants[name].get(rank_by)
+        return (described is None, -(described or {"mean": 0})["mean"], name)
+
+    return sorted(variants, key=key)
+
+
+def ranking_gaps(cells: dict[str, dict[int, dict]], ranking: list[str], rank_by: str) -> list[dict]:
+    """Each variant against the one ranked just below it, Holm-adjusted over the gaps."""
+    pairs = list(zip(ranking, ranking[1:]))
+    alpha = stats.ALPHA / max(1, len(pairs))
+    gaps = {f"{a}>{b}": compare(_values(cells[a], rank_by), _values(cells[b], rank_by), alpha) for a, b in pairs}
+    _adjust(gaps)
+    return [{"upper": a, "lower": b, "comparison": gaps[f"{a}>{b}"]} for a, b in pairs]
+
+
+def best_seed(by_seed: dict[int, dict], rank_by: str) -> int:
+    """The seed with the highest validation metric (selection stays on val); ties go to the lowest seed."""
+    values = _values(by_seed, rank_by)
+    return min(values, key=lambda seed: (-values[seed], seed)) if values else min(by_seed)
+
+
+def axis_groups(variants: dict[str, dict], baseline: str) -> dict[str, list[str]]:
+    """Axis -> its variants, baseline first; only axes some variant changes."""
+    groups = {}
+    for axis in AXIS_ORDER:
+        members = sorted(name for name, entry in variants.items() if name != baseline and entry["axis"] == axis)
+        if members:
+            groups[axis] = [baseline, *members]
+    return groups
+
+
+def variant_entry(by_seed: dict[int, dict], histories: dict[int, list[dict]], baseline_overrides: dict, rank_by: str) -> dict:
+    overrides = next(iter(by_seed.values()))["overrides"]
+    keys = differing_keys(overrides, baseline_overrides)
+    return {
+        "overrides": overrides,
+        "differs_in": keys,
+        "axis": axis_of(keys),
+        "runs": {str(seed): cell["run_id"] for seed, cell in sorted(by_seed.items())},
+        **describe_metrics(by_seed, VAL_METRICS + TEST_METRICS),
+        "convergence": stats.convergence(mean_curve(histories, rank_by)),
+    }
+
+
+def summarize(cells: dict[str, dict[int, dict]], histories: dict[str, dict[int, list[dict]]], rank_by: str, baseline: str, detectors: dict[str, dict]) -> dict:
+    if baseline not in cells:
+        raise SkulabError(f"evaluate.baseline: '{baseline}' is not a recognizer variant; allowed: {', '.join(cells)}")
+    base_overrides = next(iter(cells[baseline].values()))["overrides"]
+    variants = {name: variant_entry(by_seed, histories.get(name, {}), base_overrides, rank_by) for name, by_seed in cells.items()}
+    reported = reported_metric(rank_by)
+    for metric in (rank_by, reported):
+        for name, comparison in compare_with_baseline(cells, baseline, metric).items():
+            variants[name].setdefault("vs_baseline", {})[metric] = comparison
+    ranking = rank(variants, rank_by)
+    test_detector = {cell.get("test_detector", "none") for by_seed in cells.values() for cell in by_seed.values()}
     return {
         "rank_by": rank_by,
-        "best_variant": ranked[0],
-        "ranking": ranked,
+        "reported": reported,
+        "baseline": baseline,
+        "alpha": stats.ALPHA,
+        "best_variant": ranking[0],
+        "best_seed": best_seed(cells[ranking[0]], rank_by),
+        "ranking": ranking,
+        "ranking_gaps": ranking_gaps(cells, ranking, rank_by),
         "variants": variants,
+        "axes": axis_groups(variants, baseline),
         "test_crops_from": ", ".join(sorted(test_detector)),
         "detectors": dict(sorted(detectors.items(), key=lambda item: -item[1]["val_bbox_mAP"])),
     }
 
 
-def _cell(stats: dict | None) -> str:
-    return "n/a" if stats is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+def add_detector_convergence(summary: dict, detector_histories: dict[str, list[dict]], metric: str = "val_bbox_mAP") -> None:
+    """Flag detectors whose val mAP still rises at the end of their epochs, as for recognizers."""
+    for name, entry in summary["detectors"].items():
+        entry["convergence"] = stats.convergence([row[metric] for row in detector_histories.get(name, []) if metric in row])
 
 
-def detector_table(detectors: dict[str, dict]) -> list[str]:
-    lines = [
-        "# Detectors (COCO bbox on test with the best epoch by val mAP)",
-        "",
-        "| detector | " + " | ".join(m.replace("test_bbox_", "test ").replace("val_bbox_", "val ") for m in DETECTOR_METRICS) + " | best epoch |",
-        "|---|" + "---:|" * (len(DETECTOR_METRICS) + 1),
-    ]
-    for name, entry in detectors.items():
-        cells = [f"{entry[m]:.3f}" if m.endswith(("mAP", "50", "75", "100")) else f"{entry[m]:.2f}" for m in DETECTOR_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['best_epoch']} |")
-    return lines
+# --- end to end ------------------------------------------------------------------------------
+
+def shelf_per_cell(cells: dict[str, dict[int, dict]], metrics_root: Path, prepared: Path, crops: Path) -> dict[str, dict[int, dict]]:
+    """Shelf mAP and count accuracy of every cell: the detector's test boxes named by its recognizer."""
+    gt_coco = load_split(prepared, "test")
+    manifest = shelf.read_csv_rows(crops / "manifest.csv", ("crop", "split", "source_image", "x", "y", "w", "h", "score"))
+    class_ids = shelf.load_class_ids(crops)
+    return {
+        variant: {seed: shelf.shelf_metrics(gt_coco, manifest, load_predictions(metrics_root, variant, seed), class_ids) for seed in by_seed}
+        for variant, by_seed in cells.items()
+    }
 
 
-def markdown_table(summary: dict) -> str:
-    crops = summary["test_crops_from"]
-    source = "ground-truth boxes" if crops == "none" else f"the boxes of detector {crops} (e2e: background crops and missed boxes count as wrong)"
-    lines = [
-        f"# Recognizer ablation (ranked by {summary['rank_by']}, mean ± std over seeds)",
-        "",
-        f"Test crops come from {source}.",
-        "",
-        "| rank | variant | differs from base | " + " | ".join(m.removeprefix("test_") for m in TEST_METRICS) + " | seeds |",
-        "|---:|---|---|" + "---:|" * len(TEST_METRICS) + "---:|",
-    ]
-    for rank, name in enumerate(summary["ranking"], 1):
-        entry = summary["variants"][name]
-        overrides = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items()) or "(base)"
-        metrics = " | ".join(_cell(entry.get(m)) for m in TEST_METRICS)
-        lines.append(f"| {rank} | {name} | {overrides} | {metrics} | {len(entry['runs'])} |")
-    if summary["detectors"]:
-        lines += ["", *detector_table(summary["detectors"])]
-    return "\n".join(lines) + "\n"
+def add_shelf(summary: dict, per_cell: dict[str, dict[int, dict]]) -> None:
+    """Each variant's shelf metrics over seeds, under `shelf` (its accuracies on detected vs ground-truth
+    crops are already there as test_* and test_gt_*)."""
+    for variant, by_seed in per_cell.items():
+        summary["variants"][variant]["shelf"] = describe_metrics(by_seed, SHELF_METRICS)
 
 
-def write_summary(summary: dict, histories: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[Path]:
-    paths = [out_dir / "summary.json", out_dir / "summary.md", out_dir / "summary.png", out_dir / "val_curves.png", out_dir / "detectors.png"]
-    write_json_atomic(paths[0], summary)
-    write_text_atomic(paths[1], markdown_table(summary))
-    stats = {name: ranking_stats(entry, summary["rank_by"]) for name, entry in summary["variants"].items()}
-    plot_summary(stats, f"{summary['rank_by']} (metric-only heads: test_proto_acc)", paths[2])
-    plot_val_curves(histories, "val_proto_acc", paths[3])
-    plot_detectors(summary["detectors"], ("val_bbox_mAP", "test_bbox_mAP", "test_bbox_mAP_50"), paths[4])
-    return paths
+def confusion_of(metrics_root: Path, variant: str, seed: int, names: list[str], top: int = 10) -> dict:
+    """The confusion matrix of one cell's answers on the product crops, and its most-confused pairs."""
+    rows = load_predictions(metrics_root, variant, seed)
+    matrix, pairs = shelf.confusion([int(r["label"]) for r in rows], [int(r["pred"]) for r in rows], names, top=top)
+    return {"cell": recognizer_cell(variant, seed), "class_names": names, "matrix": matrix.tolist(), "pairs": [list(p) for p in pairs]}
