@@ -47,7 +47,7 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     params = load_params(sections=("mlflow", "detector", "recognizer", "evaluate"))
     settings, seeds = params.evaluate, params.recognizer.seeds
-    cells = load_cells(RECOGNIZER_METRICS, list(params.recognizer.variants), seeds)  # only the variants listed now
+    cells = load_cells(RECOGNIZER_METRICS, list(params.recognizer.variants), seeds, params.recognizer.base)  # only the variants listed now
     histories = load_histories(RECOGNIZER_METRICS, cells)
     detector_names = list(params.detector.variants)
     detectors = load_detectors(DETECTOR_METRICS, detector_names)
@@ -57,7 +57,7 @@ def main() -> None:
     if summary["detectors"] and summary["test_crops_from"] != "none":
         add_shelf(summary, shelf_per_cell(cells, RECOGNIZER_METRICS, PREPARED, CROPS))
     confusion = confusion_of(RECOGNIZER_METRICS, summary["best_variant"], summary["best_seed"], class_names(CROPS))
-    summary["confusion"] = {"cell": confusion["cell"], "pairs": confusion["pairs"]}
+    summary["confusion"] = {key: confusion[key] for key in ("cell", "products", "pairs")}
     dataset_hash = next(iter(next(iter(cells.values())).values()))["dataset_hash"]
     read = {"evaluate": settings, "recognizer.seeds": seeds, "recognizer.variant_names": list(cells), "detector.variant_names": detector_names}
     with stage_run("evaluate", params.mlflow.experiment, read, dataset_hash):

@@ -1,5 +1,6 @@
 """params.yaml schema: the shipped file is valid; malformed params give one-line errors naming the key."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ MALFORMED = [
     ({"recognizer": {"variants": {"x": {"milestones": [9]}}}}, "milestones [9.0] must be increasing and between warmup_epochs and epochs"),
     ({"recognizer": {"variants": {"x": {"pretrained": "weights/missing.pt"}}}}, "recognizer.variants.x.pretrained: must be none, imagenet or an existing weights file; 'weights/missing.pt' not found"),
     ({"evaluate": {"rank_by": "loss"}}, "evaluate.rank_by: must be a validation metric every head has"),
+    ({"evaluate": {"rank_by": "test_top1"}}, "evaluate.rank_by: must be a validation metric every head has"),
+    ({"evaluate": {"baseline": "plain"}}, "evaluate.baseline: 'plain' is not a recognizer variant; allowed: baseline,"),
     ({"tracker": {}}, "tracker: unknown section; allowed: mlflow, prepare, detector, crop, recognizer, evaluate"),
     ({"detector": {"base": {"roi_align": "fast"}}}, "detector.base.roi_align: Input should be 'torchvision' or 'mmcv'"),
     ({"detector": {"base": {"config": "configs/detectors/faster_rcnn.py"}}}, "detector.base.config: set it in each variant, not in base"),
@@ -83,6 +86,7 @@ def test_malformed_params_name_the_key(tmp_path, override, expected):
 
 def test_variants_that_set_only_what_their_methods_read_are_valid(tmp_path):
     variants = {
+        "baseline": {},
         "sgd": {"optimizer": "sgd", "momentum": 0.5},
         "ranger": {"optimizer": "ranger", "lookahead_k": 6, "betas": [0.95, 0.999]},
         "soft": {"loss": {"triplet": 1.0}, "triplet_soft_margin": True, "sampler_k": 8},
@@ -150,3 +154,16 @@ def test_check_ok(tmp_path):
     result = subprocess.run([str(Path(sys.executable).parent / "skulab"), "check", "--params", str(REPO / "params.yaml")], capture_output=True, text=True)
     assert result.returncode == 0
     assert "ok" in result.stdout
+
+
+def test_check_refuses_a_warmup_of_zero_iterations_once_crops_exist(tmp_path):
+    """How many iterations an epoch has depends on the train crops: check reads data/crops/stats.json."""
+    params = deep_merge(repo_params(), {"recognizer": {"variants": {"baseline": {}, "short_warmup": {"warmup_epochs": 0.005}}}})
+    write_params(tmp_path / "params.yaml", params)
+    skulab = [str(Path(sys.executable).parent / "skulab"), "check", "--params", str(tmp_path / "params.yaml")]
+    assert subprocess.run(skulab, capture_output=True, text=True).returncode == 0  # no crops yet: nothing to count
+    (tmp_path / "data" / "crops").mkdir(parents=True)
+    (tmp_path / "data" / "crops" / "stats.json").write_text(json.dumps({"train": {"crops": 1280}}))  # 20 iterations of 64
+    result = subprocess.run(skulab, capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "recognizer.variants.short_warmup: warmup_epochs 0.005 is 0 warm-up iterations at 20 iterations per epoch" in result.stderr

@@ -6,6 +6,7 @@ silent fallback. Each stage validates the sections it reads; `skulab check` vali
 
 import json
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -349,6 +350,29 @@ class EvaluateParams(Strict):
         return value
 
 
+PACKAGE_DETECTOR_CHOICES = ("best", "none")  # package.detector values besides a variant name
+
+
+class PackageParams(Strict):
+    """The `package` stage: the winning detector and recognizer as one registered MLflow model."""
+
+    detector: Name = Field(description="best (highest val mAP) | none (recognizer only) | a detector.variants key")
+    recognizer: str = Field(pattern=r"^(best|[A-Za-z0-9_]+-[0-9]+)$", description="best (metrics/summary.json) | <variant>-<seed>")
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=256, description="registered model name")
+    alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=255, description="registry alias moved to each new version")
+    reject: float = Field(ge=0, lt=0.5, description="share of val products below the nearest-prototype reject threshold; 0 = never unknown")
+    top_k: int = Field(ge=1, le=100, description="alternatives listed per product")
+    batch_size: int = Field(ge=1, le=4096, description="crops per recognizer forward pass")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        """MLflow reserves 'latest' and version-like aliases (v1, V2, ...)."""
+        if value.lower() == "latest" or re.fullmatch(r"[vV][0-9]+", value):
+            raise ValueError(f"'{value}' is reserved by the MLflow registry (latest, v<number>); choose another alias")
+        return value
+
+
 class Params(Strict):
     mlflow: MlflowParams
     prepare: PrepareParams
@@ -356,6 +380,7 @@ class Params(Strict):
     crop: CropParams
     recognizer: RecognizerParams
     evaluate: EvaluateParams
+    package: PackageParams
 
 
 def _format_error(err: dict, prefix: tuple = ()) -> str:
@@ -418,6 +443,27 @@ def _check_crop_detector(crop: CropParams, detector: DetectorParams, path: Path)
         _raise(path, [f"crop.detector: unknown detector '{crop.detector}'; allowed: {', '.join(allowed)}"])
 
 
+def _check_baseline(evaluate: EvaluateParams, recognizer: RecognizerParams, path: Path) -> None:
+    """Caught before the grid trains, not when evaluate finally needs it."""
+    if evaluate.baseline not in recognizer.variants:
+        _raise(path, [f"evaluate.baseline: '{evaluate.baseline}' is not a recognizer variant; allowed: {', '.join(recognizer.variants)}"])
+
+
+def _check_package(package: PackageParams, values: dict, path: Path) -> None:
+    """package.detector names a detector; package.recognizer a cell of the grid (when those sections are loaded)."""
+    if "detector" in values:
+        allowed = (*PACKAGE_DETECTOR_CHOICES, *values["detector"].variants)
+        if package.detector not in allowed:
+            _raise(path, [f"package.detector: unknown detector '{package.detector}'; allowed: {', '.join(allowed)}"])
+    if "recognizer" in values and package.recognizer != "best":
+        variant, seed = package.recognizer.rsplit("-", 1)
+        recognizer = values["recognizer"]
+        if variant not in recognizer.variants:
+            _raise(path, [f"package.recognizer: unknown variant '{variant}'; allowed: best or <variant>-<seed> with variant in {', '.join(recognizer.variants)}"])
+        if int(seed) not in recognizer.seeds:
+            _raise(path, [f"package.recognizer: seed {seed} is not in recognizer.seeds {recognizer.seeds}"])
+
+
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict:
     path = Path(path)
     try:
@@ -462,6 +508,10 @@ def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None
             _validate_variants(section, value, str(path), context)
     if "crop" in values and "detector" in values:
         _check_crop_detector(values["crop"], values["detector"], path)
+    if "package" in values:
+        _check_package(values["package"], values, path)
+    if "evaluate" in values and "recognizer" in values:
+        _check_baseline(values["evaluate"], values["recognizer"], path)
     return Params.model_construct(**values)
 
 

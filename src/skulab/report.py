@@ -267,7 +267,10 @@ def shelf_section(summary: dict) -> list[str]:
         "against the ground truth: class-aware COCO mAP@[.5:.95] and mAP@.5, and count accuracy, the share of test "
         "images where every SKU's count is exactly right. The recognizer's accuracy on the detector's crops (products "
         "only) sits beside its accuracy on the ground-truth crops of the same products: the gap is what detection costs "
-        "recognition. Head: top-1 for heads with a classifier, nearest prototype otherwise.",
+        "recognition. Head: top-1 for heads with a classifier, nearest prototype otherwise. The boxes are the crops the "
+        "crop stage cut (detections above `crop.score_threshold`, at most `crop.max_detections` per image), so this mAP's "
+        "precision-recall curve stops at that threshold: it is not comparable with the detector table's mAP, which "
+        "scores every detection down to mmdet's 0.05.",
         "",
     ]
     header = ["variant", "shelf mAP", "shelf mAP50", "count accuracy", "head acc. (detected)", "head acc. (GT crops)", "proto acc. (detected)", "proto acc. (GT crops)", "MLflow runs"]
@@ -275,7 +278,7 @@ def shelf_section(summary: dict) -> list[str]:
     for name in summary["ranking"]:
         entry = summary["variants"][name]
         shelf = entry.get("shelf", {})
-        head = "test_top1" if "test_top1" in entry else "test_proto_acc"
+        head = "test_top1" if "val_top1" in entry else "test_proto_acc"  # val_top1: every classifier head has it
         rows.append([
             name, *(mean_std(shelf.get(m)) for m in SHELF_METRICS), mean_std(entry.get(head)), mean_std(entry.get(head.replace("test_", "test_gt_"))),
             mean_std(entry.get("test_proto_acc")), mean_std(entry.get("test_gt_proto_acc")), runs(entry),
@@ -297,6 +300,8 @@ def confusion_section(summary: dict, figure: str) -> list[str]:
         f"![confusion matrix]({figure})",
         "",
     ]
+    if not confusion["products"]:
+        return [*lines, "No test crop of this cell shows a product (the detector matched none).", ""]
     if not confusion["pairs"]:
         return [*lines, "No test crop was confused.", ""]
     rows = [[true, pred, str(count)] for true, pred, count in confusion["pairs"]]

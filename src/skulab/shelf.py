@@ -30,7 +30,7 @@ from pycocotools.cocoeval import COCOeval
 from sklearn.metrics import confusion_matrix
 
 from skulab.errors import SkulabError
-from skulab.io import read_json
+from skulab.recognition.data import load_classes
 
 PREDICTION_FIELDS = ("crop", "label", "pred", "confidence")
 COCO_MAX_DETS = 100
@@ -50,7 +50,7 @@ def read_csv_rows(path: Path, required: Sequence[str] = ()) -> list[dict]:
 
 def load_class_ids(crops: Path) -> list[int]:
     """The COCO category id of each recognizer class index: classes.json's ids, sorted."""
-    return sorted(int(class_id) for class_id in read_json(Path(crops) / "classes.json"))
+    return sorted(load_classes(Path(crops)))
 
 
 def _detector_score(row: dict) -> float:
@@ -109,13 +109,8 @@ def _quiet_coco(dataset: dict) -> COCO:
 
 
 def _ground_truth(gt_coco: dict) -> dict:
-    """A copy with the fields COCOeval reads (area, iscrowd, id) filled in where missing."""
-    dataset = copy.deepcopy({key: gt_coco[key] for key in ("images", "annotations", "categories")})
-    for index, ann in enumerate(dataset["annotations"], start=1):
-        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("id", index)
-    return dataset
+    """A copy COCOeval may index and mutate (prepare writes every field it reads: area, iscrowd, id)."""
+    return copy.deepcopy({key: gt_coco[key] for key in ("images", "annotations", "categories")})
 
 
 def _mean_precision(precision: np.ndarray) -> float:

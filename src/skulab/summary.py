@@ -15,6 +15,7 @@ from skulab.data.coco import load_split
 from skulab.errors import SkulabError
 from skulab.io import read_json
 from skulab.layout import recognizer_cell
+from skulab.recognition.data import load_classes
 
 VAL_METRICS = ("val_proto_acc", "val_precision_at_1", "val_map_at_r", "val_top1")
 TEST_METRICS = (
@@ -39,8 +40,11 @@ _UNSET = object()
 
 # --- loading ---------------------------------------------------------------------------------
 
-def load_cells(metrics_root: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict]]:
-    """cell.json + final.json of each listed cell; a removed variant's stale folder is never read."""
+def load_cells(metrics_root: Path, variants: list[str], seeds: list[int], base: dict | None = None) -> dict[str, dict[int, dict]]:
+    """cell.json + final.json of each listed cell; a removed variant's stale folder is never read.
+
+    With the recognizer `base`, each cell's overrides keep only the keys that differ from it.
+    """
     cells: dict[str, dict[int, dict]] = {}
     for variant in variants:
         for seed in seeds:
@@ -49,7 +53,12 @@ def load_cells(metrics_root: Path, variants: list[str], seeds: list[int]) -> dic
                 cell = {**read_json(folder / "cell.json"), **read_json(folder / "final.json")}
             except FileNotFoundError as exc:
                 raise SkulabError(f"{exc.filename}: missing; run train_recognizer@{folder.name} (dvc repro)") from None
+            if base is not None:
+                cell["overrides"] = effective_overrides(cell["overrides"], base)
             cells.setdefault(variant, {})[seed] = cell
+    sources = {cell.get("test_detector", "none") for by_seed in cells.values() for cell in by_seed.values()}
+    if len(sources) > 1:
+        raise SkulabError(f"{metrics_root}: cells were tested on crops from different detectors ({', '.join(sorted(sources))}); run dvc repro")
     return cells
 
 
@@ -97,8 +106,13 @@ def load_predictions(metrics_root: Path, variant: str, seed: int) -> list[dict]:
 
 def class_names(crops: Path) -> list[str]:
     """Recognizer class index -> name: data/crops/classes.json sorted by class id."""
-    classes = read_json(crops / "classes.json")
-    return [classes[key] for key in sorted(classes, key=int)]
+    classes = load_classes(crops)
+    return [classes[class_id] for class_id in sorted(classes)]
+
+
+def effective_overrides(overrides: dict, base: dict) -> dict:
+    """The keys a variant sets to a value other than the base's: what really makes it a variant."""
+    return {key: value for key, value in overrides.items() if base.get(key, _UNSET) != value}
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -275,4 +289,7 @@ def confusion_of(metrics_root: Path, variant: str, seed: int, names: list[str], 
     """The confusion matrix of one cell's answers on the product crops, and its most-confused pairs."""
     rows = load_predictions(metrics_root, variant, seed)
     matrix, pairs = shelf.confusion([int(r["label"]) for r in rows], [int(r["pred"]) for r in rows], names, top=top)
-    return {"cell": recognizer_cell(variant, seed), "class_names": names, "matrix": matrix.tolist(), "pairs": [list(p) for p in pairs]}
+    return {
+        "cell": recognizer_cell(variant, seed), "class_names": names, "matrix": matrix.tolist(),
+        "products": int(matrix.sum()), "pairs": [list(p) for p in pairs],
+    }
