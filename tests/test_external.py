@@ -290,6 +290,92 @@ def test_prepare_stage_prints_dropped_classes(tiny_params, source_coco, prepared
     assert f"prepare: 1 class(es) absent from train dropped from every split: {victim} (see data/prepared/report.json)" in result.stdout
 
 
+# ---- classes missing from val or test: a warning, whatever on_bad_item says -------------------
+
+
+def _victim(source_coco: dict, *splits: str) -> str:
+    """A class whose removal from `splits` leaves every image of those splits with a box."""
+    def leaves(category: dict, split: str) -> bool:
+        kept = {a["image_id"] for a in source_coco[split]["annotations"] if a["category_id"] != category["id"]}
+        return kept == {im["id"] for im in source_coco[split]["images"]}
+
+    for category in source_coco["train"]["categories"]:
+        if all(leaves(category, split) for split in splits):
+            return category["name"]
+    raise AssertionError(f"no class can leave {splits} without emptying an image")
+
+
+def _without(coco: dict, victim: str) -> dict:
+    ids = {c["id"] for c in coco["categories"] if c["name"] == victim}
+    return {**coco, "annotations": [a for a in coco["annotations"] if a["category_id"] not in ids]}
+
+
+def _assert_absent_reported(out: Path, report: dict, card: dict, absent: dict[str, list[str]]) -> None:
+    assert report["absent_from_split"] == absent and report["skipped"] == []  # not a bad item
+    assert json.loads((out / "report.json").read_text())["absent_from_split"] == absent
+    assert json.loads((out / "card.json").read_text())["absent_from_split"] == absent == card["absent_from_split"]
+    for split, names in absent.items():
+        for name in names:
+            assert card["splits"][split]["per_class"][name] == 0 and name in card["classes"]
+    warning = next(line for line in (out / "card.md").read_text().splitlines() if line.startswith("**Warning**"))
+    assert all(f"from {split} ({', '.join(names)})" in warning for split, names in absent.items() if names)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_coco_official_split_missing_a_class_in_val_imports_with_a_warning(tiny_params, source_coco, prepared_root, tmp_path, policy):
+    victim = _victim(source_coco, "val")
+    src = write_coco(tmp_path / "src", {**source_coco, "val": _without(source_coco["val"], victim)}, prepared_root)
+    card, report = prepare(_params(tiny_params, "coco", src, on_bad_item=policy), tmp_path / "out")
+    _assert_absent_reported(tmp_path / "out", report, card, {"val": [victim], "test": []})
+    assert report["counts"] == {} and report["dropped_classes"] == {}
+    assert _boxes(_imported(tmp_path / "out")["val"]) == _boxes(_without(source_coco["val"], victim))
+
+
+def test_yolo_official_split_missing_a_class_in_val_and_test_imports(tiny_params, source_coco, prepared_root, tmp_path):
+    victim = _victim(source_coco, "val", "test")
+    source = {**source_coco, "val": _without(source_coco["val"], victim), "test": _without(source_coco["test"], victim)}
+    src = write_yolo(tmp_path / "src", source, prepared_root)
+    card, report = prepare(_params(tiny_params, "yolo", src), tmp_path / "out")
+    _assert_absent_reported(tmp_path / "out", report, card, {"val": [victim], "test": [victim]})
+
+
+def test_folders_split_lists_missing_a_class_in_test_import(tiny_params, tiny_crops, tmp_path):
+    src = write_folders(tmp_path / "src", tiny_crops)
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
+    victim = files[0].rsplit("/", 1)[0]
+    lists = {split: files[i::3] for i, split in enumerate(SPLITS)}
+    lists["train"] += [f for f in lists["test"] if f.startswith(victim + "/")]
+    lists["test"] = [f for f in lists["test"] if not f.startswith(victim + "/")]
+    (src / "splits").mkdir()
+    for split in SPLITS:
+        (src / "splits" / f"{split}.txt").write_text("\n".join(lists[split]) + "\n")
+    card, report = prepare(_params(tiny_params, "folders", src), tmp_path / "out")
+    _assert_absent_reported(tmp_path / "out", report, card, {"val": [], "test": [victim]})
+
+
+def test_a_complete_dataset_card_has_no_absent_field(tiny_params, source_coco, prepared_root, tmp_path):
+    card, report = prepare(_params(tiny_params, "coco", write_coco(tmp_path / "src", source_coco, prepared_root)), tmp_path / "out")
+    assert report["absent_from_split"] == {"val": [], "test": []}
+    assert "absent_from_split" not in card and "**Warning**" not in (tmp_path / "out" / "card.md").read_text()
+
+
+def test_prepare_stage_warns_of_a_class_absent_from_val_and_goes_on(tiny_params, source_coco, prepared_root, tmp_path):
+    victim = _victim(source_coco, "val")
+    src = write_coco(tmp_path / "src", {**source_coco, "val": _without(source_coco["val"], victim)}, prepared_root)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    external = {"prepare": {"source": "coco", "external": {"path": str(src), "on_bad_item": "error"}}}
+    write_params(repo / "params.yaml", deep_merge(deep_merge(repo_params(), TINY), external))
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert line.startswith(f"prepare: warning: class(es) absent from a split, kept: 1 from val ({victim}); ")
+    assert line.endswith("(see data/prepared/report.json and card.md)")
+    assert json.loads((repo / "data/prepared/report.json").read_text())["absent_from_split"] == {"val": [victim], "test": []}
+
+
 def _item(name: str, *classes: str) -> Item:
     return Item(Path(f"{name}.jpg"), name, boxes=[Box(c, 0, 0, 1, 1, name) for c in classes])
 
@@ -371,11 +457,6 @@ def _empty_class(src, data):
         data[split]["categories"].append({"id": 77, "name": "ghost_sku", "supercategory": "product"})
 
 
-def _class_absent_from_test(src, data):
-    victim = data["test"]["annotations"][0]["category_id"]
-    data["test"]["annotations"] = [a for a in data["test"]["annotations"] if a["category_id"] != victim]
-
-
 BAD_ITEMS = [
     (_corrupt_first_train_image, "unreadable_image", r"annotations/train.json: image id 1 \(train/000000.jpg\): unreadable image"),
     (_zero_size_box, "bad_box", r"annotations/train.json: annotation id 1: box has zero or negative size"),
@@ -384,7 +465,6 @@ BAD_ITEMS = [
     (_image_without_annotations, "no_annotations", r"annotations/train.json: image id 1 \(train/000000.jpg\): image 000000.jpg has no \(valid\) annotations"),
     (_duplicate_file_name, "duplicate_file", r"annotations/train.json: image id 999 \(train/000000.jpg\): same image file as"),
     (_empty_class, "empty_class", r"class 'ghost_sku': class 'ghost_sku' has no annotations"),
-    (_class_absent_from_test, "class_absent_from_split", r"has no annotations in split 'test'"),
 ]
 
 

@@ -161,6 +161,19 @@ def test_ranking_and_best_are_chosen_on_val(staged):
     assert render_summary(summary) == (staged / "metrics/summary.md").read_text()
 
 
+def test_ranking_tables_show_balanced_accuracy_next_to_top1(staged):
+    """Both ranking tables (report.md, summary.md) carry test balanced accuracy right after test top-1."""
+    summary = json.loads((staged / "metrics/summary.json").read_text())
+    for text in (_report(staged).split("## Ranking\n")[1], (staged / "metrics/summary.md").read_text()):
+        lines = text.splitlines()
+        header = next(line for line in lines if line.startswith("| rank |")).split(" | ")
+        assert header[header.index("test_top1") + 1] == "test_balanced_acc"
+        for variant, entry in summary["variants"].items():
+            row = next(line for line in lines if f"| {variant} |" in line).split(" | ")
+            balanced = entry["test_balanced_acc"]
+            assert row[header.index("test_balanced_acc")] == f"{balanced['mean']:.3f} ± {balanced['std']:.3f}"
+
+
 def test_two_seeds_resolve_nothing_and_the_text_says_so(staged):
     summary = json.loads((staged / "metrics/summary.json").read_text())
     report = _report(staged)

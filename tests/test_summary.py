@@ -59,6 +59,16 @@ def test_statistics_over_seeds(grid):
     assert "stale" not in summary["variants"]  # a variant no longer in params is never read
 
 
+def test_balanced_accuracy_is_described_beside_top1(tmp_path):
+    """Every cell's final.json has balanced accuracy (val, test, test on ground-truth crops): summary.json keeps its statistics."""
+    for seed, (val, test, gt) in enumerate([(0.80, 0.60, 0.70), (0.84, 0.64, 0.72)]):
+        _cell(tmp_path, "base", seed, val_proto_acc=0.9, test_top1=0.8, val_balanced_acc=val, test_balanced_acc=test, test_gt_balanced_acc=gt)
+    base = _summary(tmp_path, ["base"], [0, 1])["variants"]["base"]
+    assert base["val_balanced_acc"] == stats.describe([0.80, 0.84])
+    assert base["test_balanced_acc"] == stats.describe([0.60, 0.64])
+    assert base["test_gt_balanced_acc"] == stats.describe([0.70, 0.72])
+
+
 def test_ranking_selects_on_val_with_one_metric_for_every_head(grid):
     summary = _summary(grid, ["base", "fast", "metric"], [0, 1])
     # by val_proto_acc, which every head has; test top-1 (fast 0.9) and mixed columns play no part

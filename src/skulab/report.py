@@ -208,8 +208,13 @@ def write_figures(summary: dict, cells: dict, histories: dict, detector_historie
 # --- report.md -------------------------------------------------------------------------------
 
 def ranking_table(summary: dict) -> list[str]:
+    """The ranked variants; test top-1 with balanced accuracy beside it (a gap between them means the
+    frequent classes carry top-1)."""
     rank_by, reported = summary["rank_by"], summary["reported"]
-    header = ["rank", "variant", "axis", f"{rank_by} (val)", "Δ val vs baseline [95% CI]", "significant (Holm)", "converged", f"{reported} (test)", "test 95% CI", "test_top1", "MLflow runs"]
+    header = [
+        "rank", "variant", "axis", f"{rank_by} (val)", "Δ val vs baseline [95% CI]", "significant (Holm)", "converged", f"{reported} (test)",
+        "test 95% CI", "test_top1", "test_balanced_acc", "MLflow runs",
+    ]
     rows = []
     for position, name in enumerate(summary["ranking"], 1):
         entry = summary["variants"][name]
@@ -218,7 +223,8 @@ def ranking_table(summary: dict) -> list[str]:
         rows.append([
             rank_cell(position, entry), name, entry["axis"] if name != summary["baseline"] else "(baseline)", mean_std(entry.get(rank_by)),
             "—" if name == summary["baseline"] else delta(vs), "—" if name == summary["baseline"] else significance(vs),
-            convergence_text(entry), mean_std(test), interval(test and test["ci_low"], test and test["ci_high"]), mean_std(entry.get("test_top1")), runs(entry),
+            convergence_text(entry), mean_std(test), interval(test and test["ci_low"], test and test["ci_high"]), mean_std(entry.get("test_top1")),
+            mean_std(entry.get("test_balanced_acc")), runs(entry),
         ])
     return table(header, rows)
 

@@ -17,10 +17,12 @@ from skulab.io import read_json
 from skulab.layout import recognizer_cell
 from skulab.recognition.data import load_classes
 
-VAL_METRICS = ("val_proto_acc", "val_precision_at_1", "val_map_at_r", "val_top1")
+# Balanced accuracy (the mean per-class recall of the head's answer) sits beside top-1: on imbalanced
+# real data top-1 is carried by the frequent classes.
+VAL_METRICS = ("val_proto_acc", "val_precision_at_1", "val_map_at_r", "val_top1", "val_balanced_acc")
 TEST_METRICS = (
     "test_proto_acc", "test_top1", "test_balanced_acc", "test_precision_at_1", "test_map_at_r",
-    "test_e2e_recall", "test_e2e_precision", "test_gt_proto_acc", "test_gt_top1",
+    "test_e2e_recall", "test_e2e_precision", "test_gt_proto_acc", "test_gt_top1", "test_gt_balanced_acc",
 )
 DETECTOR_METRICS = ("val_bbox_mAP", "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
 SHELF_METRICS = ("mAP", "mAP50", "count_accuracy")

@@ -44,11 +44,13 @@ def _percentiles(values: list[float]) -> dict:
     return {"p5": round(float(p5), 1), "p50": round(float(p50), 1), "p95": round(float(p95), 1)}
 
 
-def dataset_card(root: Path, name: str, dataset_hash: str, task: str, left_out: dict | None = None) -> dict:
+def dataset_card(root: Path, name: str, dataset_hash: str, task: str, left_out: dict | None = None, absent: dict | None = None) -> dict:
     """Counts per class and split, box size percentiles, the task and the dataset hash.
 
     `left_out` counts, per split, annotations that are not products (crowd regions, VOC difficult
-    objects) and so are in no box count: a reader sees what the import set aside.
+    objects) and so are in no box count: a reader sees what the import set aside. `absent` lists,
+    per split, the classes with no box there; the card carries it (`absent_from_split`) only when
+    some class is missing, so a complete dataset's card stays as it was.
     """
     card = {"name": name, "hash": dataset_hash, "task": task, "splits": {}}
     for split in SPLITS:
@@ -67,11 +69,27 @@ def dataset_card(root: Path, name: str, dataset_hash: str, task: str, left_out: 
             "left_out": {kind: split_left_out.get(kind, 0) for kind in LEFT_OUT},
         }
     card["classes"] = list(names.values())
+    if any((absent or {}).values()):
+        card["absent_from_split"] = absent
     return card
+
+
+def absent_warning(absent: dict[str, list[str]]) -> str:
+    """One line naming the classes missing from each split, or '' when every class is everywhere."""
+    parts = [f"{len(names)} from {split} ({', '.join(names)})" for split, names in absent.items() if names]
+    if not parts:
+        return ""
+    return (
+        f"class(es) absent from a split, kept: {'; '.join(parts)}; they are learnt from train, "
+        "but their accuracy on that split is not measured (its metrics average over the other classes)"
+    )
 
 
 def card_markdown(card: dict) -> str:
     lines = [f"# Dataset card: {card['name']}", "", f"task: {card['task']}, hash: `{card['hash']}`", ""]
+    warning = absent_warning(card.get("absent_from_split", {}))
+    if warning:
+        lines += [f"**Warning**: {warning}.", ""]
     kinds = " / ".join(LEFT_OUT)
     lines += [f"| split | images | boxes | box width p5/p50/p95 | box height p5/p50/p95 | left out: {kinds} |", "|---|---:|---:|---:|---:|---:|"]
     for split, v in card["splits"].items():

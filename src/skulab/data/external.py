@@ -1,7 +1,8 @@
 """Import a user dataset: read it, validate everything before writing, split, write internal COCO.
 
 Every bad item is either a hard error naming the file and line or object, or, under
-`on_bad_item: skip`, skipped and listed in report.json. Nothing is dropped silently.
+`on_bad_item: skip`, skipped and listed in report.json. Nothing is dropped silently. A class
+missing from val or test is not a bad item but a warning (report.json, the card, the stage's output).
 """
 
 import shutil
@@ -188,11 +189,22 @@ def drop_classes_absent_from_train(checked: Checked) -> dict[str, dict[str, int]
     return {name: dict(per_split) for name, per_split in dropped.items()}
 
 
-def check_split_coverage(checked: Checked) -> None:
-    for name in checked.classes:
-        for split in SPLITS:
-            if not any(item.split == split and any(b.class_name == name for b in item.boxes) for item in checked.items):
-                checked.problems.append(Problem("class_absent_from_split", f"class '{name}'", f"class '{name}' has no annotations in split '{split}'"))
+EVAL_SPLITS = ("val", "test")
+
+
+def classes_absent_from_eval_splits(checked: Checked) -> dict[str, list[str]]:
+    """Per val and test split, the classes with no box there: a warning, not a bad item.
+
+    Real datasets' official splits often miss classes in val or test; such a class is still learnt
+    from train, only its accuracy on that split is not measured. So it is reported (report.json, the
+    card, one printed line), never fatal and independent of on_bad_item. Run after the classes absent
+    from train were dropped, so every class left is in train.
+    """
+    present = {split: set() for split in EVAL_SPLITS}
+    for item in checked.items:
+        if item.split in present:
+            present[item.split].update(box.class_name for box in item.boxes)
+    return {split: [name for name in checked.classes if name not in present[split]] for split in EVAL_SPLITS}
 
 
 def enforce_policy(problems: list[Problem], policy: str) -> dict:
@@ -221,9 +233,9 @@ def import_external(source: str, params: ExternalParams, seed: int, root: Path) 
     assign_splits(checked.items, ratios, seed)
     notes = carve_missing_splits(checked.items, declared, ratios, seed)
     dropped = drop_classes_absent_from_train(checked)
-    check_split_coverage(checked)
+    absent = classes_absent_from_eval_splits(checked)
     report = enforce_policy(checked.problems, params.on_bad_item)
-    report.update(notes=notes, dropped_classes=dropped, left_out=count_left_out(checked.items))
+    report.update(notes=notes, dropped_classes=dropped, absent_from_split=absent, left_out=count_left_out(checked.items))
     counts = Counter(item.split for item in checked.items)
     empty = [split for split in SPLITS if not counts[split]]
     if empty:

@@ -104,7 +104,7 @@ def prepare(params: PrepareParams, out: Path) -> tuple[dict, dict]:
             report = import_external(params.source, params.external, params.seed, root)
             name = f"{params.source}:{params.external.path}"
         write_json_atomic(root / "report.json", report)
-        card = dataset_card(root, name, hash_files(root), report["task"], report.get("left_out"))
+        card = dataset_card(root, name, hash_files(root), report["task"], report.get("left_out"), report.get("absent_from_split"))
         write_json_atomic(card_file(root), card)
         write_text_atomic(root / "card.md", card_markdown(card))
         write_bytes_atomic(root / "contact_sheet.png", _png(contact_sheet(root)))
