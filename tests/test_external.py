@@ -276,16 +276,21 @@ def test_class_absent_from_train_is_dropped_from_every_split(tiny_params, source
     assert json.loads((tmp_path / "out" / "report.json").read_text())["dropped_classes"] == {victim: removed}
 
 
-def test_prepare_stage_prints_dropped_classes(tiny_params, source_coco, prepared_root, tmp_path):
-    victim = source_coco["train"]["categories"][0]["name"]
-    src = _coco_src(tmp_path, source_coco, prepared_root, _class_absent_from_train)
+def _run_prepare_stage(tmp_path, src, on_bad_item: str) -> subprocess.CompletedProcess:
+    """stages/prepare.py as a user runs it, on a COCO source, in a fresh folder with its own params.yaml."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    external = {"prepare": {"source": "coco", "external": {"path": str(src), "on_bad_item": "skip"}}}
+    external = {"prepare": {"source": "coco", "external": {"path": str(src), "on_bad_item": on_bad_item}}}
     write_params(repo / "params.yaml", deep_merge(deep_merge(repo_params(), TINY), external))
     (repo / "dvc.yaml").write_text("stages: {}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=repo, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=repo, env=env, capture_output=True, text=True)
+
+
+def test_prepare_stage_prints_dropped_classes(tiny_params, source_coco, prepared_root, tmp_path):
+    victim = source_coco["train"]["categories"][0]["name"]
+    src = _coco_src(tmp_path, source_coco, prepared_root, _class_absent_from_train)
+    result = _run_prepare_stage(tmp_path, src, "skip")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"prepare: 1 class(es) absent from train dropped from every split: {victim} (see data/prepared/report.json)" in result.stdout
 
@@ -362,13 +367,7 @@ def test_a_complete_dataset_card_has_no_absent_field(tiny_params, source_coco, p
 def test_prepare_stage_warns_of_a_class_absent_from_val_and_goes_on(tiny_params, source_coco, prepared_root, tmp_path):
     victim = _victim(source_coco, "val")
     src = write_coco(tmp_path / "src", {**source_coco, "val": _without(source_coco["val"], victim)}, prepared_root)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    external = {"prepare": {"source": "coco", "external": {"path": str(src), "on_bad_item": "error"}}}
-    write_params(repo / "params.yaml", deep_merge(deep_merge(repo_params(), TINY), external))
-    (repo / "dvc.yaml").write_text("stages: {}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=repo, env=env, capture_output=True, text=True)
+    result = _run_prepare_stage(tmp_path, src, "error")
     assert result.returncode == 0, result.stderr[-2000:]
     (line,) = [line for line in result.stdout.splitlines() if "warning" in line]
     assert line.startswith(f"prepare: warning: class(es) absent from a split, kept: 1 from val ({victim}); ")
