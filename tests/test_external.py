@@ -372,7 +372,7 @@ def test_prepare_stage_warns_of_a_class_absent_from_val_and_goes_on(tiny_params,
     (line,) = [line for line in result.stdout.splitlines() if "warning" in line]
     assert line.startswith(f"prepare: warning: class(es) absent from a split, kept: 1 from val ({victim}); ")
     assert line.endswith("(see data/prepared/report.json and card.md)")
-    assert json.loads((repo / "data/prepared/report.json").read_text())["absent_from_split"] == {"val": [victim], "test": []}
+    assert json.loads((tmp_path / "repo" / "data/prepared/report.json").read_text())["absent_from_split"] == {"val": [victim], "test": []}
 
 
 def _item(name: str, *classes: str) -> Item:
