@@ -30,6 +30,7 @@ def main() -> None:
         repo = Path(tmp)
         shutil.copy(REPO / "dvc.yaml", repo)
         shutil.copy(args.params, repo / "params.yaml")
+        shutil.copy(REPO / "requirements.lock", repo)  # the package stage pins the model's requirements from it
         for name in ("stages", "src", "configs"):
             shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
