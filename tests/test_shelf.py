@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from skulab.errors import SkulabError
+from skulab.io import read_csv
 from skulab.shelf import (
     PREDICTION_FIELDS,
     confusion,
     count_accuracy,
     crop_accuracy,
     load_class_ids,
-    read_csv_rows,
     shelf_detections,
     shelf_map,
     shelf_metrics,
@@ -147,6 +147,8 @@ def test_loaders_read_classes_and_predictions(tmp_path):
         writer = csv.DictWriter(f, fieldnames=[*PREDICTION_FIELDS, "proto_pred", "proto_similarity"])
         writer.writeheader()
         writer.writerow({"crop": "test/0.png", "label": 0, "pred": 1, "confidence": 0.7, "proto_pred": 1, "proto_similarity": 0.5})
-    assert read_csv_rows(path, PREDICTION_FIELDS)[0]["pred"] == "1"
+    assert read_csv(path, PREDICTION_FIELDS)[0]["pred"] == "1"
     with pytest.raises(SkulabError, match="missing columns"):
-        read_csv_rows(path, ("crop", "score"))
+        read_csv(path, ("crop", "score"))
+    with pytest.raises(SkulabError, match=r"absent\.csv: missing"):
+        read_csv(tmp_path / "absent.csv")

@@ -41,6 +41,19 @@ def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def read_csv(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """A CSV file as dicts, failing with the file's name when it or a required column is missing."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(required) - set(reader.fieldnames or ())
+            if missing:
+                raise SkulabError(f"{path}: missing columns {sorted(missing)}")
+            return list(reader)
+    except FileNotFoundError:
+        raise SkulabError(f"{path}: missing") from None
+
+
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 

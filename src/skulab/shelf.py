@@ -18,7 +18,6 @@ Inputs (written by other stages):
 
 import contextlib
 import copy
-import csv
 import io
 from collections import Counter
 from pathlib import Path
@@ -34,18 +33,6 @@ from skulab.recognition.data import load_classes
 
 PREDICTION_FIELDS = ("crop", "label", "pred", "confidence")
 COCO_MAX_DETS = 100
-
-
-def read_csv_rows(path: Path, required: Sequence[str] = ()) -> list[dict]:
-    """A CSV file as dicts, failing with the file's name when a column is missing."""
-    if not Path(path).is_file():
-        raise SkulabError(f"{path}: missing")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(required) - set(reader.fieldnames or ())
-        if missing:
-            raise SkulabError(f"{path}: missing columns {sorted(missing)}")
-        return list(reader)
 
 
 def load_class_ids(crops: Path) -> list[int]:

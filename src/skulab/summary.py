@@ -7,13 +7,12 @@ end-to-end shelf metrics join them. Statistics come from `skulab.stats`, shelf m
 `skulab.shelf`.
 """
 
-import csv
 from pathlib import Path
 
 from skulab import shelf, stats
 from skulab.data.coco import load_split
 from skulab.errors import SkulabError
-from skulab.io import read_json
+from skulab.io import read_csv, read_json
 from skulab.layout import recognizer_cell
 from skulab.recognition.data import load_classes
 
@@ -66,11 +65,9 @@ def load_cells(metrics_root: Path, variants: list[str], seeds: list[int], base: 
 
 def _read_history(path: Path, stage: str) -> list[dict]:
     """history.csv as rows of floats (an empty cell, e.g. a head without val_top1, is left out)."""
-    try:
-        with open(path, newline="") as f:
-            return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)]
-    except FileNotFoundError:
-        raise SkulabError(f"{path}: missing; run {stage} (dvc repro)") from None
+    if not path.is_file():
+        raise SkulabError(f"{path}: missing; run {stage} (dvc repro)")
+    return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in read_csv(path)]
 
 
 def load_histories(metrics_root: Path, cells: dict[str, dict[int, dict]]) -> dict[str, dict[int, list[dict]]]:
@@ -103,7 +100,7 @@ def load_predictions(metrics_root: Path, variant: str, seed: int) -> list[dict]:
     path = metrics_root / recognizer_cell(variant, seed) / "test_predictions.csv"
     if not path.is_file():
         raise SkulabError(f"{path}: missing; run train_recognizer@{recognizer_cell(variant, seed)} (dvc repro)")
-    return shelf.read_csv_rows(path, shelf.PREDICTION_FIELDS)
+    return read_csv(path, shelf.PREDICTION_FIELDS)
 
 
 def class_names(crops: Path) -> list[str]:
@@ -272,7 +269,7 @@ def add_detector_convergence(summary: dict, detector_histories: dict[str, list[d
 def shelf_per_cell(cells: dict[str, dict[int, dict]], metrics_root: Path, prepared: Path, crops: Path) -> dict[str, dict[int, dict]]:
     """Shelf mAP and count accuracy of every cell: the detector's test boxes named by its recognizer."""
     gt_coco = load_split(prepared, "test")
-    manifest = shelf.read_csv_rows(crops / "manifest.csv", ("crop", "split", "source_image", "x", "y", "w", "h", "score"))
+    manifest = read_csv(crops / "manifest.csv", ("crop", "split", "source_image", "x", "y", "w", "h", "score"))
     class_ids = shelf.load_class_ids(crops)
     return {
         variant: {seed: shelf.shelf_metrics(gt_coco, manifest, load_predictions(metrics_root, variant, seed), class_ids) for seed in by_seed}

@@ -31,7 +31,7 @@ from skulab.crop import SELECT_METRIC as DETECTOR_SELECT_METRIC
 from skulab.crop import choose_detector
 from skulab.data.coco import load_card, load_split
 from skulab.errors import SkulabError
-from skulab.io import read_json, write_json_atomic, write_text_atomic
+from skulab.io import read_csv, read_json, write_json_atomic, write_text_atomic
 from skulab.layout import CROPS, DETECTOR_METRICS, DETECTOR_MODELS, METRICS, PREPARED, RECOGNIZER_METRICS, RECOGNIZER_MODELS
 from skulab.params import Params
 from skulab.recognition import evaluation
@@ -237,7 +237,7 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
 def reject_effect(parts: Parts, val_similarity: list[float], threshold: float | None) -> dict:
     """What the threshold rejects: val products, and on test (the cell's test_predictions.csv) products
     and background crops (detections that match no product)."""
-    rows = shelf.read_csv_rows(RECOGNIZER_METRICS / parts.cell / "test_predictions.csv", ("label", "pred", "proto_similarity"))
+    rows = read_csv(RECOGNIZER_METRICS / parts.cell / "test_predictions.csv", ("label", "pred", "proto_similarity"))
     product_rows = [r for r in rows if int(r["label"]) >= 0]
     products = [float(r["proto_similarity"]) for r in product_rows]
     background = [float(r["proto_similarity"]) for r in rows if int(r["label"]) < 0]
@@ -269,8 +269,8 @@ def shelf_with_reject(parts: Parts, threshold: float | None) -> dict | None:
     result = {"detector": parts.stats["test_detector"], "mAP": plain["mAP"], "mAP50": plain["mAP50"], "count_accuracy": plain["count_accuracy"]}
     if threshold is not None:
         gt = load_split(PREPARED, "test")
-        manifest = shelf.read_csv_rows(CROPS / "manifest.csv", ("crop", "split", "source_image", "x", "y", "w", "h", "score"))
-        predictions = shelf.read_csv_rows(RECOGNIZER_METRICS / parts.cell / "test_predictions.csv", (*shelf.PREDICTION_FIELDS, "proto_similarity"))
+        manifest = read_csv(CROPS / "manifest.csv", ("crop", "split", "source_image", "x", "y", "w", "h", "score"))
+        predictions = read_csv(RECOGNIZER_METRICS / parts.cell / "test_predictions.csv", (*shelf.PREDICTION_FIELDS, "proto_similarity"))
         detections = shelf.shelf_detections(gt, manifest, predictions, shelf.load_class_ids(CROPS))
         similarity = {p["crop"]: float(p["proto_similarity"]) for p in predictions}
         test_rows = [row for row in manifest if row["split"] == "test"]  # shelf_detections' order
