@@ -16,7 +16,6 @@ from skulab.shelf import (
     PREDICTION_FIELDS,
     confusion,
     count_accuracy,
-    crop_accuracy,
     load_class_ids,
     shelf_detections,
     shelf_map,
@@ -136,7 +135,6 @@ def test_confusion_matrix_and_most_confused_pairs():
     matrix, pairs = confusion(labels, preds, names)
     np.testing.assert_array_equal(matrix, [[1, 2, 0], [1, 1, 0], [0, 0, 1]])
     assert pairs == [("cola", "cola_zero", 2), ("cola_zero", "cola", 1)]
-    assert crop_accuracy(labels, preds) == pytest.approx(3 / 6)
 
 
 def test_loaders_read_classes_and_predictions(tmp_path):

@@ -153,13 +153,6 @@ def shelf_metrics(gt_coco: dict, manifest_rows: list[dict], predictions: list[di
     return shelf_map(gt_coco, detections) | {"count_accuracy": count_accuracy(gt_coco, detections), "detections": len(detections)}
 
 
-def crop_accuracy(labels: Sequence[int], preds: Sequence[int]) -> float | None:
-    """Recognizer accuracy on product crops (label >= 0); None when there are none."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    products = labels >= 0
-    return float((labels[products] == preds[products]).mean()) if products.any() else None
-
-
 def confusion(labels: Sequence[int], preds: Sequence[int], class_names: Sequence[str], top: int = 10) -> tuple[np.ndarray, list[tuple[str, str, int]]]:
     """The confusion matrix over product crops (rows: true class, columns: predicted) and its largest
     off-diagonal cells as (true name, predicted name, count), most frequent first.
