@@ -45,7 +45,6 @@ from skulab.layout import RECOGNIZER_MODELS  # noqa: E402
 from skulab.recognition.augment import eval_transform  # noqa: E402
 from skulab.recognition.head import Recognizer  # noqa: E402
 from skulab.serving.predict import default_model_uri, load_predictor, predict_files  # noqa: E402
-from skulab.serving.predictor import storage_size  # noqa: E402
 from skulab.serving.pyfunc import request_frame  # noqa: E402
 
 
@@ -69,8 +68,8 @@ class Direct:
         self.recognizer = Recognizer(config["backbone"], len(checkpoint["class_names"]), config["embedding_dim"]).eval()
         self.recognizer.load_state_dict(checkpoint["model"])
         self.transform = eval_transform(config["image_size"])
-        self.storage = storage_size(config["image_size"])
         self.crop = settings["crop"]
+        self.storage = self.crop["stored_size"]
         self.detector_s = self.recognizer_s = 0.0
         self.products = 0
 

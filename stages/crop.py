@@ -1,7 +1,8 @@
-"""DVC stage `crop`: cut products out of their boxes into data/crops with a manifest.
+"""DVC stage `crop`: cut products out of their boxes into data/crops (a decoded store per split) with a manifest.
 
 Train and val crops come from ground-truth boxes; test crops from the detector `crop.detector`
-names (or the best one by val mAP), matched to ground truth.
+names (or the best one by val mAP), matched to ground truth, above `crop.score_threshold`
+(`auto`: chosen on the detector's val boxes). With no detector, every crop is ground truth.
 """
 
 import argparse
@@ -11,9 +12,12 @@ import mlflow
 from skulab.crop import choose_detector, crop_dataset
 from skulab.data.coco import load_card
 from skulab.errors import exit_on_user_error
-from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, GT_TEST, PREPARED, SPLITS
+from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, GT_TEST, METRICS, PREPARED, SPLITS
 from skulab.params import load_params
+from skulab.plots import plot_nothing, plot_score_threshold
 from skulab.tracking import stage_run
+
+THRESHOLD_FIGURE = METRICS / "crop" / "score_threshold.png"
 
 
 @exit_on_user_error
@@ -29,8 +33,19 @@ def main() -> None:
         for split in (*SPLITS, GT_TEST):
             if split in stats:
                 mlflow.log_metrics({f"{split}_{key}": value for key, value in stats[split].items()})
+        threshold = stats.get("score_threshold")
+        if threshold:
+            mlflow.log_metrics({f"score_threshold_{k}" if k != "value" else "score_threshold": v for k, v in threshold.items() if k != "chosen_on"})
+        curve = stats.pop("score_threshold_curve")
+        if curve:
+            plot_score_threshold(curve, threshold["value"], THRESHOLD_FIGURE, f"val detections of {detector}: threshold {threshold['value']:.3f}, F1 {threshold['val_f1']:.3f}")
+            mlflow.log_artifact(str(THRESHOLD_FIGURE), artifact_path="crops")
+        else:
+            why = "crop.score_threshold is a number" if detector else "no detector: test crops are ground-truth boxes"
+            plot_nothing(THRESHOLD_FIGURE, f"no score-threshold curve ({why})")
         mlflow.log_artifact(str(CROPS / "manifest.csv"), artifact_path="crops")
         mlflow.log_artifact(str(CROPS / "stats.json"), artifact_path="crops")
+        print(f"crop: {stats['store']['ram_estimate']} in {CROPS}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""DVC stage `train_detector@<name>`: train one detector of the grid (mmdetection) and detect on test."""
+"""DVC stage `train_detector@<name>`: train one detector of the grid (mmdetection) and detect on test.
+
+With `world_size: N > 1` in the detector's params the script re-runs itself under torchrun on N
+processes (`python -m torch.distributed.run --standalone --nproc_per_node=N`); mmengine's Runner
+then trains with launcher 'pytorch'. The DVC command is the same for every world size.
+"""
 
 import argparse
+import sys
 
-from skulab.detection.cell import train_detector_cell
+from skulab.detection.cell import detector_world_size, train_detector_cell
+from skulab.distributed import relaunch
 from skulab.errors import exit_on_user_error
 from skulab.layout import PREPARED
 from skulab.params import load_params
@@ -18,6 +25,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     params = load_params(sections=("mlflow", "detector"))
+    code = relaunch(detector_world_size(params, args.name))
+    if code is not None:  # the torchrun processes trained the cell
+        sys.exit(code)
     train_detector_cell(params, args.name, PREPARED, stop_after_epochs=args.stop_after_epochs)
 
 

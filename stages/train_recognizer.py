@@ -1,11 +1,18 @@
-"""DVC stage `train_recognizer@<variant>-<seed>`: train one cell of the recognizer grid."""
+"""DVC stage `train_recognizer@<variant>-<seed>`: train one cell of the recognizer grid.
+
+With `world_size: N > 1` in the cell's params the script re-runs itself under torchrun on N
+processes (`python -m torch.distributed.run --standalone --nproc_per_node=N`), so the DVC command
+is the same for every world size.
+"""
 
 import argparse
+import sys
 
+from skulab.distributed import relaunch
 from skulab.errors import exit_on_user_error
 from skulab.layout import CROPS
 from skulab.params import load_params
-from skulab.recognition.cell import train_cell
+from skulab.recognition.cell import cell_world_size, train_cell
 
 
 @exit_on_user_error
@@ -19,6 +26,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     params = load_params(sections=("mlflow", "recognizer"))
+    code = relaunch(cell_world_size(params, args.variant, args.seed))
+    if code is not None:  # the torchrun processes trained the cell
+        sys.exit(code)
     train_cell(params, args.variant, args.seed, CROPS, stop_after_epochs=args.stop_after_epochs)
 
 

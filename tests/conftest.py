@@ -40,7 +40,7 @@ TINY = {
             "retinanet": {"config": "configs/detectors/retinanet.py", "lr": 0.01},
         },
     },
-    "crop": {"score_threshold": 0.05},
+    "crop": {"score_threshold": 0.05, "stored_size": 37, "workers": 1},  # 37 = round(image_size 32 x 1.15)
     "recognizer": {
         "base": {"image_size": 32, "epochs": 3, "batch_size": 16, "milestones": [2], "embedding_dim": 32},
         "variants": {"baseline": {}, "triplet": {"loss": {"triplet": 1.0}}},

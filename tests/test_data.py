@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -72,7 +73,9 @@ def test_crop_manifest_covers_every_box(tiny_params, tiny_crops):
     for row in rows[:20]:
         assert classes[row["class_id"]] == row["class_name"]
         assert row["origin"] == "ground_truth"
-        assert (tiny_crops / "images" / row["crop"]).is_file()
+    stored = {split: np.load(tiny_crops / f"{split}.npy", mmap_mode="r") for split in ("train", "val", "test")}
+    assert {split: len(array) for split, array in stored.items()} == {s: sum(r["split"] == s for r in rows) for s in stored}
+    assert all(array.shape[1:] == (3, tiny_params.crop.stored_size, tiny_params.crop.stored_size) for array in stored.values())
 
 
 def test_small_boxes_are_counted_not_cropped(tiny_params, tiny_crops, tmp_path):

@@ -1,5 +1,7 @@
 """The detector stage: configs from params, a tiny training run with MLflow, resume, and IoU matching."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -84,7 +86,8 @@ def test_every_default_config_builds_offline_with_the_params_knobs(name, tiny_pr
         heads = model.roi_head.bbox_head if isinstance(model.roi_head.bbox_head, list) else [model.roi_head.bbox_head]
         assert {(h.in_channels, h.fc_out_channels, h.num_classes) for h in heads} == {(48, 32, 1)}
         assert model.roi_head.bbox_roi_extractor.roi_layer.use_torchvision is True
-        assert model.test_cfg.rpn.max_per_img == 50 and model.train_cfg.rpn_proposal.nms_pre == 200
+        assert model.train_cfg.rpn_proposal.max_per_img == 50 and model.train_cfg.rpn_proposal.nms_pre == 200
+        assert model.test_cfg.rpn.max_per_img == config.max_per_img == 300  # test time: raised to max_per_img (test_dense.py)
         rcnn = model.train_cfg.rcnn if isinstance(model.train_cfg.rcnn, list) else [model.train_cfg.rcnn]
         assert {stage.sampler.num for stage in rcnn} == {32}
     else:
@@ -98,17 +101,6 @@ def test_class_aware_detection_uses_every_sku(tiny_prepared, tmp_path):
     assert {c["name"] for c in coco["categories"]} == set(classes)
     cfg = build_config(detector_config(class_aware=True), REPO, tiny_prepared, annotations, classes, tmp_path / "w", tmp_path / "d")
     assert cfg.model.roi_head.bbox_head.num_classes == 6
-
-
-def test_pretrained_weights_from_a_local_file(tiny_prepared, tmp_path):
-    weights = tmp_path / "resnet18.pth"
-    torch.save({}, weights)
-    config = DetectorConfig.model_validate(
-        {**detector_config().model_dump(), "pretrained": str(weights)}, context={"root": REPO}
-    )
-    annotations, classes = detector_annotations(tiny_prepared, tmp_path / "ann", class_aware=False)
-    cfg = build_config(config, REPO, tiny_prepared, annotations, classes, tmp_path / "w", tmp_path / "d")
-    assert cfg.model.backbone.init_cfg == {"type": "Pretrained", "checkpoint": str(weights)}
 
 
 def test_bad_detector_params_name_the_key(tiny_params_dict, tmp_path):
@@ -166,11 +158,13 @@ def trained(tiny_prepared, tmp_path_factory):
     mlflow.set_tracking_uri(uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        full, _ = _train(tiny_prepared, root / "full")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # what a terminal would show
+            full, _ = _train(tiny_prepared, root / "full")
         stopped, cell = _train(tiny_prepared, root / "split", stop_after=1)
         interrupted = {"stopped": stopped, "state": read_json(cell.state_path), "files": sorted(p.name for p in cell.model_dir.iterdir())}
         resumed, _ = _train(tiny_prepared, root / "split")
-        yield {"root": root, "full": full, "resumed": resumed, "interrupted": interrupted, "uri": uri}
+        yield {"root": root, "full": full, "resumed": resumed, "interrupted": interrupted, "uri": uri, "terminal": (out.getvalue(), err.getvalue())}
 
 
 def test_training_writes_checkpoints_metrics_and_detections(trained):
@@ -187,6 +181,47 @@ def test_training_writes_checkpoints_metrics_and_detections(trained):
     assert "MysteryRCNN" not in (root / "model" / "config.py").read_text()
     detections = read_json(root / "detections" / "test.bbox.json")
     assert detections and {"image_id", "bbox", "score", "category_id"} <= set(detections[0])
+
+
+def test_val_detections_come_from_the_best_checkpoint(trained, tiny_prepared):
+    """val.bbox.json (for crop.score_threshold: auto): val images only, and it scores the best epoch's val mAP."""
+    from mmdet.datasets.api_wrappers import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    root, final = trained["root"] / "full", trained["full"]
+    val_ids = {image["id"] for image in read_json(tiny_prepared / "annotations" / "val.json")["images"]}
+    detections = read_json(root / "detections" / "val.bbox.json")
+    assert detections and {d["image_id"] for d in detections} <= val_ids
+    assert all(set(d) == {"image_id", "bbox", "score", "category_id"} and len(d["bbox"]) == 4 for d in detections)
+    # The same COCO evaluation as mmdet's CocoMetric (maxDets 100/300/1000, 3 decimals) gives the best epoch's val mAP.
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(root / "model" / "annotations" / "val.json"))
+        evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
+        evaluation.params.maxDets = [100, 300, 1000]
+        evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert round(evaluation.stats[0], 3) == pytest.approx(final["val_bbox_mAP"], abs=1e-9)
+    client = mlflow.MlflowClient(trained["uri"])
+    assert {a.path for a in client.list_artifacts(final["run_id"], "detections")} == {"detections/test.bbox.json", "detections/val.bbox.json"}
+
+
+def test_a_cell_prints_progress_and_leaves_mmengine_dumps_in_its_log(trained):
+    """The terminal: the log file's path, a bar and a metrics line per epoch, the test scores; not 500+ lines of dumps."""
+    out, err = trained["terminal"]
+    logs = list((trained["root"] / "full" / "model").glob("*/*.log"))
+    assert len(logs) == 1
+    log = logs[0].read_text()
+    dumps = ("System environment:", "Runtime environment:", "Config:", "Hooks will be executed", "Epoch(train)", "loading annotations", "Average Precision")
+    for text in dumps:
+        assert text in log, text
+        assert text not in out and text not in err, text
+    lines = out.splitlines()
+    assert len(lines) == 4, out
+    assert lines[0].startswith("train_detector@faster_rcnn: mmengine's log") and lines[0].endswith(str(logs[0]))
+    assert [line.split(":")[0] for line in lines[1:3]] == ["faster_rcnn epoch 1/2", "faster_rcnn epoch 2/2"]
+    assert f"val mAP {trained['full']['val_bbox_mAP']:.3f}" in "".join(lines[1:3]) and "test mAP" in lines[3]
+    assert "faster_rcnn epoch 1/2:" in err and "batch" in err  # tqdm's bar (stderr), cleared when the epoch ends
+    others = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "epoch" not in line]
+    assert not [line for line in others if "INFO mlflow." not in line], err  # MLflow creating its store is not the cell's
 
 
 def test_training_logs_to_the_stage_run(trained):

@@ -30,22 +30,57 @@ def _run(args, cwd, check=True):
     return result
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
+def new_repo(repo: Path, params: dict) -> Path:
+    """A git + DVC checkout of the pipeline's code with `params`, as a fresh clone has it."""
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     for name in ("stages", "src", "configs"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
+    shutil.copytree(REPO / "data/raw", repo / "data/raw", dirs_exist_ok=True)  # prepare's (empty) external-data dependency
+    for keep in ("metrics/detector/.gitkeep", "data/detections/.gitignore", "models/detector/.gitignore"):
+        (repo / keep).parent.mkdir(parents=True, exist_ok=True)  # folders that exist with or without detectors (crop's and package's deps)
+        shutil.copy(REPO / keep, repo / keep)
     shutil.copy(REPO / "requirements.lock", repo / "requirements.lock")  # the package stage pins the model's requirements from it
-    write_params(repo / "params.yaml", deep_merge(repo_params(), TINY))
+    write_params(repo / "params.yaml", params)
     (repo / ".gitignore").write_text("mlflow.db\n.mlflow.lock\nmlartifacts/\n")
     _run(["git", "init", "-q"], repo)
     _run([BIN / "dvc", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    repo = new_repo(tmp_path_factory.mktemp("repo"), deep_merge(repo_params(), TINY))
     first = _run([BIN / "dvc", "repro"], repo)
     return repo, first
+
+
+def test_a_class_folder_study_runs_without_detectors(tmp_path, tiny_crops):
+    """detector.variants: {} is a recognition-only study: no detector cell, crops are the whole images."""
+    from test_external import write_folders
+
+    params = deep_merge(repo_params(), TINY)
+    params["detector"]["variants"] = {}
+    params["recognizer"]["variants"] = {"baseline": {}}
+    params["recognizer"]["seeds"] = [0]
+    params["prepare"]["source"] = "folders"
+    params["prepare"]["external"]["path"] = "data/raw/folders"
+    repo = tmp_path / "repo"
+    write_folders(repo / "data/raw/folders", tiny_crops)
+    repo = new_repo(repo, params)
+    done = _run([BIN / "dvc", "repro"], repo).stdout
+    assert "train_detector" not in done
+    for stage in ("prepare", "crop", "train_recognizer@baseline-0", "evaluate", "package"):
+        assert f"Running stage '{stage}'" in done, stage
+    stats = json.loads((repo / "data/crops/stats.json").read_text())
+    card = json.loads((repo / "data/prepared/card.json").read_text())
+    assert stats["test_detector"] == "none" and card["task"] == "classification"
+    assert stats["test"]["crops"] == card["splits"]["test"]["images"]  # every test image, whole
+    report = (repo / "reports/report.md").read_text()
+    assert "## Detectors" not in report and "## Ranking" in report
+    assert json.loads((repo / "metrics/summary.json").read_text())["detectors"] == {}
+    assert "up to date" in _run([BIN / "dvc", "status"], repo).stdout
 
 
 def test_first_repro_runs_every_stage(pipeline):

@@ -5,13 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageFile
 
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
 from skulab.data.external import assign_splits
@@ -118,11 +119,17 @@ def write_yolo(root: Path, source: dict, prepared: Path, id_step: int = 1) -> Pa
 def write_folders(root: Path, tiny_crops: Path) -> Path:
     import csv
 
+    import numpy as np
+    from PIL import Image
+
     with open(tiny_crops / "manifest.csv") as f:
-        for row in csv.DictReader(f):
-            target = root / "shelf" / row["class_name"] / Path(row["crop"]).name  # nested class path
+        rows = list(csv.DictReader(f))
+    for split in dict.fromkeys(row["split"] for row in rows):
+        stored = np.load(tiny_crops / f"{split}.npy")  # the crop stage's decoded crops, in manifest order
+        for crop, row in zip(stored, (r for r in rows if r["split"] == split)):
+            target = root / "shelf" / row["class_name"] / f"{Path(row['crop']).name}.png"  # nested class path
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(tiny_crops / "images" / row["crop"], target)
+            Image.fromarray(crop.transpose(1, 2, 0)).save(target)
     return root
 
 
@@ -430,6 +437,12 @@ def _corrupt_first_train_image(src, data):
     (src / "images" / data["train"]["images"][0]["file_name"]).write_bytes(b"not a jpeg at all")
 
 
+def _truncate_first_train_image(src, data):
+    path = src / "images" / data["train"]["images"][0]["file_name"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    Image.open(path).close()  # the header still reads: only the decode finds the file cut short
+
+
 def _zero_size_box(src, data):
     data["train"]["annotations"][0]["bbox"][2] = 0
 
@@ -530,5 +543,130 @@ def test_folder_images_pass_through_the_crop_stage_whole(tiny_params, tiny_crops
     stats = crop_dataset(tmp_path / "prepared", tmp_path / "crops", tiny_params.crop, card["hash"])
     assert sum(stats[s]["crops"] for s in SPLITS) == sum(card["splits"][s]["images"] for s in SPLITS)
     first = _imported(tmp_path / "prepared")["train"]["images"][0]
-    crop = Image.open(tmp_path / "crops" / "images" / "train" / "0000001.png")
-    assert crop.size == (first["width"], first["height"])
+    image = Image.open(tmp_path / "prepared" / "images" / first["file_name"]).convert("RGB")
+    size = tiny_params.crop.stored_size
+    assert image.size == (size, size)  # written from stored crops: no resize, so the whole image must come back bit for bit
+    stored = np.load(tmp_path / "crops" / "train.npy")
+    assert np.array_equal(stored[0], np.asarray(image).transpose(2, 0, 1))
+
+
+# ---- reading images: each opened and decoded once, large photos at a fraction of their size ----
+
+
+@pytest.fixture
+def image_reads(monkeypatch) -> tuple[Counter, dict[Path, list[tuple[int, int]]]]:
+    """Every Image.open of a file, and every decode (a load that still has pixels to read) with the
+    size it decoded at, by resolved path, while the test runs."""
+    opens, decodes = Counter(), defaultdict(list)
+    real_open, real_load = Image.open, ImageFile.ImageFile.load
+
+    def counting_open(fp, *args, **kwargs):
+        if isinstance(fp, (str, os.PathLike)):
+            opens[Path(fp).resolve()] += 1
+        return real_open(fp, *args, **kwargs)
+
+    def counting_load(self):
+        pending = bool(self.tile)
+        pixels = real_load(self)
+        if pending and getattr(self, "filename", ""):
+            decodes[Path(self.filename).resolve()].append(self.size)
+        return pixels
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    return opens, decodes
+
+
+@pytest.mark.parametrize("source", ["coco", "voc", "yolo", "folders"])
+def test_each_source_image_is_opened_and_decoded_once(tiny_params, source_coco, prepared_root, tiny_crops, tmp_path, image_reads, source):
+    src = tmp_path / "src"
+    if source == "folders":
+        write_folders(src, tiny_crops)
+    else:
+        {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}[source](src, source_coco, prepared_root)
+    opens, decodes = image_reads
+    prepare(_params(tiny_params, source, src), tmp_path / "out")
+    files = sorted(p.resolve() for p in src.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert len(files) == sum(len(_imported(tmp_path / "out")[split]["images"]) for split in SPLITS) > 0
+    for file in files:
+        assert len(decodes[file]) == 1, f"{file.name} decoded {len(decodes[file])} times"
+        # a PNG is opened twice: verify() checks its chunk checksums, and Pillow needs a reopen to decode
+        assert opens[file] == (2 if file.suffix == ".png" else 1), f"{file.name} opened {opens[file]} times"
+
+
+def _photo(width: int, height: int, seed: int) -> Image.Image:
+    """A noisy picture (its JPEG is as hard to decode as a photo's): left half reddish, right half bluish."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2, 0] += 180
+    pixels[:, width // 2 :, 2] += 180
+    return Image.fromarray(pixels)
+
+
+def _write_photo_coco(root: Path, photos: list[tuple[Image.Image, int]], box: list[float]) -> Path:
+    """One photo per split as a COCO source, each saved as JPEG with EXIF `orientation` and one `box`."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i, (split, (photo, orientation)) in enumerate(zip(SPLITS, photos), 1):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        photo.save(root / "images" / f"{split}.jpg", quality=90, exif=exif.tobytes())
+        coco = {"images": [{"id": i, "file_name": f"{split}.jpg"}], "categories": [{"id": 1, "name": "cola"}],
+                "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": box, "area": box[2] * box[3], "iscrowd": 0}]}
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_large_jpeg_is_decoded_once_at_an_eighth_and_imported_byte_for_byte(tiny_params, tmp_path, image_reads):
+    src = _write_photo_coco(tmp_path / "src", [(_photo(1600, 1200, seed), 1) for seed in range(3)], [100, 100, 400, 300])
+    opens, decodes = image_reads
+    prepare(_params(tiny_params, "coco", src), tmp_path / "out")
+    for split in SPLITS:
+        source = (src / "images" / f"{split}.jpg").resolve()
+        assert decodes[source] == [(200, 150)] and opens[source] == 1  # 1/8 scale: 1/64 of the pixels in memory
+        (info,) = _imported(tmp_path / "out")[split]["images"]
+        assert (info["width"], info["height"]) == (1600, 1200)
+        assert (tmp_path / "out" / "images" / info["file_name"]).read_bytes() == source.read_bytes()
+    decoded = [size for sizes in decodes.values() for size in sizes]
+    assert decoded and max(w * h for w, h in decoded) <= 800 * 600  # the contact sheet decodes at 1/2 at most
+
+
+def test_exif_rotated_photo_is_imported_upright(tiny_params, tmp_path, image_reads):
+    """Orientation 6 (a phone held upright): the stored 60 x 40 pixels are shown turned, 40 wide and
+    60 tall, as OpenCV (mmdet) and the serving code read them, and the box is drawn on that view.
+    The import turns the pixels once, so that Pillow (the crop stage) reads the same image."""
+    box = [5, 35, 30, 20]  # reaches y = 55: inside the 40 x 60 view, outside the stored 60 x 40
+    src = _write_photo_coco(tmp_path / "src", [(_photo(60, 40, seed), 6) for seed in range(3)], box)
+    opens, decodes = image_reads
+    prepare(_params(tiny_params, "coco", src, box_outside_image="reject"), tmp_path / "out")
+    for split in SPLITS:
+        assert len(decodes[(src / "images" / f"{split}.jpg").resolve()]) == 1
+        coco = _imported(tmp_path / "out")[split]
+        (info,) = coco["images"]
+        assert (info["width"], info["height"]) == (40, 60) and coco["annotations"][0]["bbox"] == box
+        with Image.open(tmp_path / "out" / "images" / info["file_name"]) as image:
+            assert image.size == (40, 60) and image.getexif().get(0x0112) is None
+            top, bottom = np.asarray(image.convert("RGB"))[[5, 55], 20].astype(int)
+        assert top[0] > top[2] + 100 and bottom[2] > bottom[0] + 100  # the stored left (red) half is now on top
+
+
+def test_truncated_jpeg_is_unreadable(tiny_params, source_coco, prepared_root, tmp_path):
+    """The header reads, the pixels run out: only a decode finds it (the import decodes a JPEG at 1/8)."""
+    src = _coco_src(tmp_path, source_coco, prepared_root, _truncate_first_train_image)
+    with pytest.raises(SkulabError, match=r"annotations/train.json: image id 1 \(train/000000.jpg\): unreadable image 000000.jpg \(OSError\)"):
+        prepare(_params(tiny_params, "coco", src), tmp_path / "strict")
+    _, report = prepare(_params(tiny_params, "coco", src, on_bad_item="skip"), tmp_path / "lenient")
+    assert report["counts"] == {"unreadable_image": 1}
+
+
+def test_png_with_a_bad_checksum_is_unreadable(tiny_params, tiny_crops, tmp_path):
+    src = write_folders(tmp_path / "src", tiny_crops)
+    victim = sorted(src.rglob("*.png"))[0]
+    data = bytearray(victim.read_bytes())
+    end = data.index(b"IEND") - 4  # IEND's length field; the 4 bytes before it are the last chunk's CRC
+    data[end - 1] ^= 0xFF  # pixels intact, checksum wrong: only verify() notices, and libpng (OpenCV) refuses it
+    victim.write_bytes(bytes(data))
+    _, report = prepare(_params(tiny_params, "folders", src, on_bad_item="skip"), tmp_path / "out")
+    assert report["counts"] == {"unreadable_image": 1}
+    assert report["skipped"][0]["where"] == victim.relative_to(src).as_posix()
+    assert report["skipped"][0]["detail"] == f"unreadable image {victim.name} (SyntaxError)"

@@ -88,7 +88,7 @@ def _settings(threshold=None) -> dict:
         "class_names": CLASSES,
         "detector": None,
         "recognizer": {"cell": "t-0", "backbone": "mobilenetv3_small", "embedding_dim": 16, "image_size": 32, "loss": {"ce": 1.0}, "has_classifier": True},
-        "crop": {"padding": 0.05, "score_threshold": 0.3, "max_detections": 100, "min_box_size": 8},
+        "crop": {"padding": 0.05, "score_threshold": 0.3, "max_detections": 100, "min_box_size": 8, "stored_size": 37},
         "reject": {"threshold": threshold, "share": 0.01},
         "top_k": 2,
         "batch_size": 2,

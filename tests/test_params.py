@@ -15,6 +15,11 @@ from skulab.recognition.optimizers import OPTIMIZERS
 from skulab.recognition.schedules import SCHEDULES
 
 
+def test_no_detector_variants_is_a_recognition_only_study(tmp_path):
+    params = load_params(write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"detector": {"variants": {}}})))
+    assert params.detector.variants == {} and params.crop.detector == "best"
+
+
 def test_shipped_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.prepare.synthetic.num_classes == 23
@@ -53,6 +58,10 @@ MALFORMED = [
     ({"detector": {"variants": {"frcnn": {"config": "configs/detectors/faster_rcnn.py", "epochs": 0}}}}, "detector.variants.frcnn.epochs: Input should be greater than or equal to 1"),
     ({"detector": {"variants": {"best": {"config": "configs/detectors/faster_rcnn.py"}}}}, "detector.variants: 'best' is reserved"),
     ({"crop": {"match_iou": 0}}, "crop.match_iou: Input should be greater than 0"),
+    ({"crop": {"score_threshold": "best"}}, "crop.score_threshold: must be auto or a number in [0, 1], got 'best'"),
+    ({"crop": {"score_threshold": 1.5}}, "crop.score_threshold: must be auto or a number in [0, 1], got 1.5"),
+    # Crops are stored once at stored_size: a bigger image_size would train on upsampled pixels.
+    ({"recognizer": {"variants": {"big": {"image_size": 128}}}}, "crop.stored_size: 74 is smaller than recognizer variant 'big' image_size 128; set it to at least 128"),
     # A PK batch of one class has no negative: the triplet loss would be 0.0 on every batch.
     ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "batch_size": 4}}}}, "recognizer.variants.x: a PK batch of batch_size (4) / sampler_k (4) = 1 class has no negatives"),
     ({"recognizer": {"variants": {"x": {"betas": [0.9, 1.0]}}}}, "recognizer.variants.x.betas.1: Input should be less than 1"),

@@ -445,6 +445,62 @@ def test_augmentation_output(name):
     assert eval_transform(64)(image).shape == (3, 64, 64)
 
 
+def _by_type(transforms, name: str):
+    (found,) = [t for t in transforms if type(t).__name__ == name]
+    return found
+
+
+def test_timm_augmentation_is_timms_training_default(tiny_params):
+    """Every parameter of timm.data.create_transform(64, is_training=True), and nothing else in it."""
+    from timm.data import create_transform
+
+    assert config(tiny_params, augment="timm").augment == "timm"  # params accept the new axis value
+
+    reference = create_transform(64, is_training=True).transforms
+    assert [type(t).__name__ for t in reference] == [
+        "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "ColorJitter", "MaybeToTensor", "Normalize"
+    ]
+    crop, flip, jitter, _, normalize = reference
+    ours = train_transform("timm", 64).transforms
+    our_crop = _by_type(ours, "RandomResizedCrop")
+    assert tuple(our_crop.size) == crop.size == (64, 64)
+    assert our_crop.scale == pytest.approx(crop.scale) and our_crop.ratio == pytest.approx(crop.ratio)
+    assert our_crop.interpolation == crop.interpolation and our_crop.antialias
+    assert _by_type(ours, "RandomHorizontalFlip").p == flip.p
+    our_jitter = _by_type(ours, "ColorJitter")
+    for factor in ("brightness", "contrast", "saturation", "hue"):
+        assert getattr(our_jitter, factor) == (None if getattr(jitter, factor) is None else pytest.approx(getattr(jitter, factor))), factor
+    our_normalize = _by_type(ours, "Normalize")
+    assert our_normalize.mean == pytest.approx(normalize.mean.tolist()) and our_normalize.std == pytest.approx(normalize.std.tolist())
+
+
+def test_timm_augmentation_jitters_in_float_like_uint8():
+    """The jitter runs on float32 for speed (augment.timm); with the same random draws it gives
+    torchvision's uint8 result up to that kernel's rounding (at most ~1/255 per step)."""
+    from torchvision.transforms import v2
+
+    ours = v2.Compose(AUGMENTS["timm"](64))
+    uint8_jitter = v2.Compose([
+        v2.RandomResizedCrop(64, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.ColorJitter(0.4, 0.4, 0.4),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 74, 74), dtype=torch.uint8, generator=generator)
+    changed = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = ours(image)
+        torch.manual_seed(seed)
+        reference = uint8_jitter(image)
+        assert out.shape == (3, 64, 64) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+        assert (out - reference).abs().max() <= 5 / 255, seed
+        torch.manual_seed(seed)
+        changed.append((out - v2.Compose(AUGMENTS["timm"](64)[:3])(image)).abs().mean().item())
+    assert min(changed) > 0.01  # the jitter did act on every sample
+
+
 def test_pk_sampler_guarantees_p_by_k():
     torch.manual_seed(0)
     labels = torch.arange(10).repeat_interleave(6)

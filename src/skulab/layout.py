@@ -14,6 +14,11 @@ DETECTOR_METRICS = METRICS / "detector"
 RECOGNIZER_METRICS = METRICS / "recognizer"
 
 
+def crop_store(crops: Path, split: str) -> Path:
+    """The crop stage's decoded crops of one split: N x 3 x S x S uint8 (.npy), rows in manifest order."""
+    return crops / f"{split}.npy"
+
+
 def annotations_file(root: Path, split: str) -> Path:
     return root / "annotations" / f"{split}.json"
 

@@ -117,9 +117,18 @@ class CropParams(Strict):
     padding: float = Field(ge=0, le=0.5, description="context added around each box, as a fraction of its size")
     min_box_size: int = Field(ge=1, description="boxes smaller than this (px) are counted and not cropped")
     detector: Name = Field(description="test crops from this detector cell's boxes; best = highest val mAP; none = ground truth")
-    score_threshold: Fraction
+    score_threshold: float | Literal["auto"] = Field(description="detections below it are not cropped; auto = the best F1 of matched val detections")
     max_detections: int = Field(ge=1, description="per image, highest scores first")
     match_iou: float = Field(gt=0, le=1, description="a detection takes the class of a ground-truth box it overlaps this much")
+    stored_size: int = Field(ge=16, le=1024, description="side (px) of the stored square crops; at least every recognizer image_size")
+    workers: int = Field(ge=0, le=256, description="processes cutting crops; 0 = one per CPU core")
+
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            return value
+        raise ValueError(f"must be auto or a number in [0, 1], got {value!r}")
 
 
 BACKBONE_DEPTHS = (18, 34, 50, 101)
@@ -134,8 +143,9 @@ class DetectorConfig(Strict):
     pretrained: str = Field(description="none | download (ImageNet weights; needs network) | path to a checkpoint")
     input_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]]
     fpn_channels: int = Field(ge=8, le=1024)
+    max_per_img: int = Field(ge=1, le=10000, description="test-time detections per image (val, test, serving); dense shelves hold 150+")
     rpn_nms_pre: int = Field(ge=1)
-    rpn_max_per_img: int = Field(ge=1)
+    rpn_max_per_img: int = Field(ge=1, description="training proposals per image; at test time at least max_per_img")
     rcnn_sampler_num: int = Field(ge=1)
     fc_out_channels: int = Field(ge=8, le=4096)
     roi_align: Literal["torchvision", "mmcv"]
@@ -152,6 +162,7 @@ class DetectorConfig(Strict):
     batch_size: int = Field(ge=1, le=1024)
     num_workers: int = Field(ge=0, le=64)
     seed: int = Field(ge=0)
+    world_size: int = Field(ge=1, le=64, description="processes per cell (mmengine launcher 'pytorch' under torchrun); 1 = one plain process")
 
     @field_validator("config")
     @classmethod
@@ -171,6 +182,8 @@ class DetectorConfig(Strict):
     def _consistent(self):
         if self.milestones != sorted(self.milestones) or any(not 0 < m < self.epochs for m in self.milestones):
             raise ValueError(f"milestones {self.milestones} must be increasing epochs between 0 and epochs ({self.epochs})")
+        if self.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch and must be a multiple of world_size ({self.world_size})")
         return self
 
 
@@ -199,6 +212,9 @@ CROP_DETECTOR_CHOICES = ("best", "none")  # crop.detector values besides a varia
 
 
 class DetectorParams(GridParams):
+    """No variants ({}) is a recognition-only study: no detector cells, crops from ground-truth boxes."""
+
+    variants: dict[Name, dict[str, Any] | None] = Field(min_length=0)
     config_schema: ClassVar[type[BaseModel]] = DetectorConfig
     variant_keys: ClassVar[tuple[str, ...]] = ("config",)
 
@@ -246,6 +262,7 @@ class RecognizerConfig(Strict):
     epochs: int = Field(ge=1, le=10000)
     batch_size: int = Field(ge=2, le=4096)
     device: Literal["cpu", "cuda", "auto"] = Field(description="auto = cuda when available")
+    world_size: int = Field(ge=1, le=64, description="processes per cell (DDP under torchrun); 1 = one plain process")
 
     @field_validator("loss")
     @classmethod
@@ -293,6 +310,15 @@ class RecognizerConfig(Strict):
                 f"a PK batch of batch_size ({self.batch_size}) / sampler_k ({self.sampler_k}) = 1 class has no negatives; "
                 "a metric loss needs P >= 2 classes per batch"
             )
+        if self.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch and must be a multiple of world_size ({self.world_size})")
+        if uses_metric_loss(self.loss) and self.world_size > 1:
+            p = self.batch_size // self.sampler_k
+            if p % self.world_size or p // self.world_size < 2:
+                raise ValueError(
+                    f"PK batches on world_size ({self.world_size}) processes: P = batch_size ({self.batch_size}) / sampler_k "
+                    f"({self.sampler_k}) = {p} classes must split into at least 2 classes per process"
+                )
         return self
 
 
@@ -443,6 +469,15 @@ def _check_crop_detector(crop: CropParams, detector: DetectorParams, path: Path)
         _raise(path, [f"crop.detector: unknown detector '{crop.detector}'; allowed: {', '.join(allowed)}"])
 
 
+def _check_stored_size(crop: CropParams, recognizer: RecognizerParams, path: Path) -> None:
+    """Crops are stored once at crop.stored_size; a recognizer reading them larger would train on upsampled pixels."""
+    for name in recognizer.variants:
+        size = recognizer.resolve(name).image_size
+        if size > crop.stored_size:
+            _raise(path, [f"crop.stored_size: {crop.stored_size} is smaller than recognizer variant '{name}' image_size {size}; "
+                          f"set it to at least {size} (round(image_size x 1.15) = {round(size * 1.15)} leaves room for the random crop)"])
+
+
 def _check_baseline(evaluate: EvaluateParams, recognizer: RecognizerParams, path: Path) -> None:
     """Caught before the grid trains, not when evaluate finally needs it."""
     if evaluate.baseline not in recognizer.variants:
@@ -508,6 +543,8 @@ def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None
             _validate_variants(section, value, str(path), context)
     if "crop" in values and "detector" in values:
         _check_crop_detector(values["crop"], values["detector"], path)
+    if "crop" in values and "recognizer" in values:
+        _check_stored_size(values["crop"], values["recognizer"], path)
     if "package" in values:
         _check_package(values["package"], values, path)
     if "evaluate" in values and "recognizer" in values:

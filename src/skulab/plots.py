@@ -159,3 +159,24 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, title:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title)
     _save(fig, path)
+
+
+def plot_score_threshold(curve: dict, chosen: float, path: Path, title: str) -> None:
+    """Precision, recall and F1 of matched detections against the score threshold, the chosen one marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("precision", "recall", "f1"):
+        ax.plot(curve["threshold"], curve[key], label=key)
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:.3f}")
+    ax.set_xlabel("score threshold")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_nothing(path: Path, message: str) -> None:
+    """A placeholder figure that says why there is no plot (a DVC output must exist)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
+    _save(fig, path)

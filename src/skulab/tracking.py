@@ -4,6 +4,14 @@ Runs are named after their DVC stage and tagged with the stage, the git commit a
 hash of the params the stage read and the dataset hash, so runs can be compared and traced back.
 A run that reads the prepared dataset also logs it as an MLflow dataset input (digest: the dataset
 hash), which fills the runs table's Dataset column and its filters in `mlflow ui`.
+
+The store is the main checkout's even when DVC runs a stage in a temporary copy of the workspace
+(`dvc exp run --queue`, `skulab grid`): DVC sets DVC_ROOT to the checkout that queued it. Several
+stage processes may write to the SQLite store at once: a new store's tables are created under a file
+lock, and after that MLflow holds SQLite's write lock only per transaction and waits for it (its
+busy timeout, 20 s), so no writer fails or loses anything (tests/test_scale.py runs four at once).
+With MLFLOW_TRACKING_URI pointing at a tracking server (scripts/tracking_server.sh) the server
+stores the artifacts, and nothing else changes.
 """
 
 import contextlib
@@ -25,7 +33,9 @@ from skulab.io import read_json
 from skulab.layout import PREPARED, card_file
 from skulab.params import flatten, params_hash
 
-# MLflow 3 opens an experiment without this tag on the GenAI traces view; this kind opens the runs table.
+# The experiment's kind: model training, not a GenAI app. MLflow 3.17's UI does not read this tag to
+# pick its view: its GenAI / Model training switch does (per browser, GenAI by default), so the runs
+# table is at /#/experiments/<id>?workflowType=machine_learning (checked with scripts/ui_screenshot.sh).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DIGEST_CHARS = 12  # MLflow keeps at most 36 characters of a dataset digest; the run tags keep the full hash
 
@@ -41,26 +51,60 @@ def repo_root() -> Path:
     raise SkulabError("no dvc.yaml found in the working directory or its parents")
 
 
+def store_root() -> Path:
+    """The checkout whose MLflow store (mlflow.db, mlartifacts/) the runs go to.
+
+    A stage that DVC runs in a temporary copy of the workspace (a queued experiment, .dvc/tmp/exps)
+    gets DVC_ROOT pointing at the checkout that queued it: its runs land in that checkout's store,
+    not in the copy's, which DVC deletes. Elsewhere this is repo_root().
+    """
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and (Path(dvc_root) / "dvc.yaml").is_file():
+        return Path(dvc_root).resolve()
+    return repo_root()
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else the checkout's mlflow.db; a relative SQLite path is taken from the
+    checkout (store_root), not from the folder a stage runs in."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{store_root() / 'mlflow.db'}"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:")) and "?" not in path:
+        return f"sqlite:///{store_root() / path}"
+    return uri
+
+
+def is_tracking_server(uri: str) -> bool:
+    """A tracking server (http[s]://) decides where artifacts go (its --artifacts-destination); with a
+    store this process opens itself (SQLite, a database URI, a folder) they go to <store root>/mlartifacts."""
+    return uri.startswith(("http://", "https://"))
 
 
 def ensure_experiment(name: str) -> str:
     """Create the store and experiment once, under a file lock (concurrent schema creation crashes).
 
-    The experiment gets the model-training kind tag, also when an older store's experiment lacks it,
-    so that `mlflow ui` opens on its runs rather than on an empty traces view.
+    The experiment gets the model-training kind tag (EXPERIMENT_KIND), also when an older store's
+    experiment lacks it. On a local store its
+    artifacts go to mlartifacts/ beside mlflow.db; on a tracking server, where the server keeps them.
     """
-    root = repo_root()
-    mlflow.set_tracking_uri(tracking_uri())
+    root, uri = store_root(), tracking_uri()
+    mlflow.set_tracking_uri(uri)
     key, kind = EXPERIMENT_KIND
     with open(root / ".mlflow.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        experiment = mlflow.get_experiment_by_name(name)
+        experiment = mlflow.get_experiment_by_name(name)  # creates a new SQLite store's tables
         if experiment is None:
-            return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri(), tags={key: kind})
+            location = None if is_tracking_server(uri) else (root / "mlartifacts").as_uri()
+            try:
+                return mlflow.create_experiment(name, artifact_location=location, tags={key: kind})
+            except MlflowException:  # another machine created it since (the lock is this machine's only)
+                experiment = mlflow.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
         if key not in experiment.tags:
-            MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, key, kind)
+            MlflowClient(uri).set_experiment_tag(experiment.experiment_id, key, kind)
         return experiment.experiment_id
 
 
@@ -82,7 +126,7 @@ def log_dataset(dataset_hash: str, context: str, name: str | None = None) -> Non
     """
     with warnings.catch_warnings():  # two registered local sources both claim a plain path
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(repo_root() / PREPARED))
+        source = resolve_dataset_source(str(store_root() / PREPARED))  # the checkout's, not a queued run's temporary copy
     dataset = MetaDataset(source, name=name or dataset_name(dataset_hash), digest=dataset_hash[:DIGEST_CHARS])
     mlflow.log_input(dataset, context=context, tags={"dataset.hash": dataset_hash})
 
@@ -105,8 +149,11 @@ def existing_run(run_id: str | None) -> str | None:
     """A checkpoint's MLflow run, if the store still has it (else the stage starts a new run)."""
     if run_id is None:
         return None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None  # no store yet; opening it here would create its tables outside ensure_experiment's lock
     try:
-        MlflowClient(tracking_uri()).get_run(run_id)
+        MlflowClient(uri).get_run(run_id)
     except MlflowException:
         return None
     return run_id
@@ -128,6 +175,8 @@ def stage_run(
         "dataset.hash": dataset_hash or "none",
         **git_state(),
     }
+    if os.environ.get("DVC_EXP_NAME"):  # run by `dvc exp run` / `skulab grid`: its DVC experiment
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
     # `mlflow run` hands its own run over through MLFLOW_RUN_ID; start_run picks it up.
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         if run_id is not None:

@@ -95,6 +95,10 @@ def card_markdown(card: dict) -> str:
     for split, v in card["splits"].items():
         w, h, left = ("/".join(str(x) for x in v[key].values()) for key in ("box_width", "box_height", "left_out"))
         lines.append(f"| {split} | {v['images']} | {v['boxes']} | {w} | {h} | {left} |")
+    boxes = sum(v["boxes"] for v in card["splits"].values())
+    sizes = ", ".join(f"{boxes * 3 * side**2 / 2**20:,.0f} MiB at {side} px (image_size {image})" for side, image in ((74, 64), (147, 128), (258, 224)))
+    lines += ["", f"Crop store (RAM estimate): {boxes} crops x S² x 3 bytes (S = crop.stored_size): {sizes}; memory-mapped, "
+              "so it needs disk, not RAM (a detector's test crops add about one test split more)."]
     lines += ["", "| class | " + " | ".join(card["splits"]) + " |", "|---|" + "---:|" * len(card["splits"])]
     for name in card["classes"]:
         lines.append(f"| {name} | " + " | ".join(str(v["per_class"][name]) for v in card["splits"].values()) + " |")

@@ -5,13 +5,14 @@ Every bad item is either a hard error naming the file and line or object, or, un
 missing from val or test is not a bad item but a warning (report.json, the card, the stage's output).
 """
 
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from skulab.data.coco import coco_dict
 from skulab.data.sources import LEFT_OUT, Item, Problem, SourceData, read_coco, read_folders, read_voc, read_yolo
@@ -38,8 +39,82 @@ def read_source(source: str, params: ExternalParams) -> SourceData:
 class Checked:
     items: list[Item]
     classes: list[str]
-    sizes: dict[int, tuple[int, int]]  # id(item) -> (width, height)
+    sizes: dict[int, tuple[int, int]]  # id(item) -> (width, height) of the imported (upright) image
+    files: dict[int, Path] = field(default_factory=dict)  # id(item) -> its imported file, staged in the output
     problems: list[Problem] = field(default_factory=list)
+
+
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone JPEG carrying extra pictures (depth, preview); the first is read
+PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (2..8 turn or mirror the stored pixels), 1 when absent, invalid or unparsable."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a broken EXIF block: the pixels are shown as stored, as OpenCV does then
+        return 1
+    return value if value in range(2, 9) else 1
+
+
+@dataclass
+class Decoded:
+    width: int  # upright, as every reader shows it
+    height: int
+    format: str  # Pillow's: JPEG, PNG, ...
+    upright: Image.Image | None  # the turned image when the EXIF orientation turns it; None: import the bytes
+
+
+def decode_image(path: Path) -> Decoded:
+    """Open and decode `path` once: its upright size and, when its EXIF orientation turns it, the
+    upright image (else the file's bytes are imported as they are).
+
+    The one decode is what finds a corrupt or truncated file; it raises whatever Pillow raises. A
+    JPEG that needs no turning decodes at 1/8 scale: libjpeg still reads every byte of it and fails on
+    the same files as a full decode, with 1/64 of the pixels in memory. A PNG's chunk checksums, which
+    a decode skips and libpng (OpenCV, so mmdet) rejects, are checked by verify() first: it reads the
+    file without decoding it, and Pillow requires a reopen after it.
+    """
+    image = Image.open(path)
+    try:
+        if image.format == "PNG":
+            image.verify()
+            image.close()
+            image = Image.open(path)
+        width, height = image.size
+        turn = _orientation(image)  # from the header; a PNG keeping its EXIF after the pixels decodes here, once
+        if turn == 1 and image.format in JPEG_FORMATS:
+            image.draft(None, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        if turn == 1:
+            return Decoded(width, height, image.format, None)
+        # Pillow turns a TIFF itself while loading it (OpenCV 5 cannot read such a TIFF): then this copies it
+        upright = ImageOps.exif_transpose(image)
+        return Decoded(upright.width, upright.height, image.format, upright)
+    finally:
+        image.close()
+
+
+def stage_image(source: Path, decoded: Decoded, stage: Path, stem: str) -> Path:
+    """Put the file to import in `stage` as `stem` + suffix: the source's bytes, copied, when the image
+    needs no turning; else the upright image, encoded once (JPEG quality 95, other formats as PNG) with
+    its orientation tag removed, so that every reader (Pillow, OpenCV) sees the same pixels."""
+    stage.mkdir(parents=True, exist_ok=True)
+    upright = decoded.upright
+    if upright is None:
+        target = stage / f"{stem}{source.suffix.lower()}"
+        shutil.copyfile(source, target)
+        return target
+    extra = {key: upright.info[key] for key in ("exif", "icc_profile") if upright.info.get(key)}
+    if decoded.format in JPEG_FORMATS:
+        target = stage / f"{stem}{source.suffix.lower()}"
+        image = upright if upright.mode in ("L", "RGB", "CMYK") else upright.convert("RGB")
+        image.save(target, format="JPEG", quality=95, **extra)
+    else:
+        target = stage / f"{stem}.png"
+        image = upright if upright.mode in PNG_MODES else upright.convert("RGBA" if "A" in upright.mode else "RGB")
+        image.save(target, format="PNG", **extra)
+    return target
 
 
 def _check_box(box, width: int, height: int, policy: str) -> Problem | None:
@@ -65,28 +140,34 @@ def _left_out_note(item: Item) -> str:
     return f" (only {', '.join(f'{n} {kind}' for kind, n in item.left_out.items())} annotations, left out)"
 
 
-def check_items(data: SourceData, params: ExternalParams) -> Checked:
-    """Image, box, class and duplicate checks on every item; bad parts are left out and recorded."""
+def check_items(data: SourceData, params: ExternalParams, stage: Path) -> Checked:
+    """Image, box, class and duplicate checks on every item; bad parts are left out and recorded.
+
+    Each image is opened and decoded once (`decode_image`), one at a time; a kept item's file to
+    import is written to `stage` (a folder inside the output being written) right away, so that
+    nothing reads or decodes the image again.
+    """
     problems = list(data.problems)
-    kept, sizes, seen = [], {}, {}
-    for item in data.items:
+    kept, sizes, files, seen = [], {}, {}, {}
+    for index, item in enumerate(data.items):
+        decoded = None  # the previous item's decoded image is released before the next decode
         key = item.path.resolve()
         if key in seen:
             problems.append(Problem("duplicate_file", item.where, f"same image file as {seen[key]} ({item.path.name})"))
             continue
         seen[key] = item.where
         try:
-            with Image.open(item.path) as image:
-                image.verify()
-            with Image.open(item.path) as image:
-                image.load()
-                width, height = image.size
+            decoded = decode_image(item.path)
         except FileNotFoundError:
             problems.append(Problem("missing_image", item.where, f"image file {item.path} not found"))
             continue
         except Exception as exc:  # PIL raises many types for corrupt files
             problems.append(Problem("unreadable_image", item.where, f"unreadable image {item.path.name} ({type(exc).__name__})"))
             continue
+        width, height = decoded.width, decoded.height
+        if item.relative:
+            for box in item.boxes:
+                box.x, box.y, box.w, box.h = box.x * width, box.y * height, box.w * width, box.h * height
         if item.whole_image:
             item.boxes[0].w, item.boxes[0].h = width, height
         good = []
@@ -101,6 +182,7 @@ def check_items(data: SourceData, params: ExternalParams) -> Checked:
             problems.append(Problem("no_annotations", item.where, f"image {item.path.name} has no (valid) annotations{_left_out_note(item)}"))
             continue
         sizes[id(item)] = (width, height)
+        files[id(item)] = stage_image(item.path, decoded, stage, f"{index:06d}")
         kept.append(item)
     used = Counter(box.class_name for item in kept for box in item.boxes)
     classes = []
@@ -109,7 +191,7 @@ def check_items(data: SourceData, params: ExternalParams) -> Checked:
             classes.append(name)
         else:
             problems.append(Problem("empty_class", f"class '{name}'", f"class '{name}' has no annotations"))
-    return Checked(kept, classes, sizes, problems)
+    return Checked(kept, classes, sizes, files, problems)
 
 
 def assign_splits(items: list[Item], ratios: dict[str, float], seed: int) -> None:
@@ -224,11 +306,19 @@ def count_left_out(items: list[Item]) -> dict[str, dict[str, int]]:
     return {split: {kind: sum(item.left_out[kind] for item in items if item.split == split) for kind in LEFT_OUT} for split in SPLITS}
 
 
+STAGE = ".staged"  # under the output being written: each kept image's file, until its split and name are known
+
+
 def import_external(source: str, params: ExternalParams, seed: int, root: Path) -> dict:
-    """Validate the whole source, then write the internal layout to `root`; return the report."""
+    """Validate the whole source, then write the internal layout to `root`; return the report.
+
+    `root` is the output being written (prepare moves it into place only when everything passed), so
+    the images staged while checking are never seen in a failed or interrupted import.
+    """
     data = read_source(source, params)
     declared = {item.split for item in data.items}
-    checked = check_items(data, params)
+    stage = root / STAGE
+    checked = check_items(data, params, stage)
     ratios = params.split_ratios.model_dump()
     assign_splits(checked.items, ratios, seed)
     notes = carve_missing_splits(checked.items, declared, ratios, seed)
@@ -246,9 +336,10 @@ def import_external(source: str, params: ExternalParams, seed: int, root: Path) 
         images, annotations = [], []
         for item in (it for it in checked.items if it.split == split):
             width, height = checked.sizes[id(item)]
-            file_name = f"{split}/{len(images) + 1:06d}{item.path.suffix.lower()}"
+            staged = checked.files[id(item)]
+            file_name = f"{split}/{len(images) + 1:06d}{staged.suffix}"
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(item.path, root / "images" / file_name)
+            os.replace(staged, root / "images" / file_name)
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "original_file": item.where})
             for box in item.boxes:
@@ -258,5 +349,7 @@ def import_external(source: str, params: ExternalParams, seed: int, root: Path) 
                      "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
                 )
         write_json_atomic(annotations_file(root, split), coco_dict(images, annotations, categories))
+    if stage.exists():
+        shutil.rmtree(stage)  # what is left: the images of items dropped after the checks
     report["task"] = "detection" if data.has_boxes else "classification"
     return report

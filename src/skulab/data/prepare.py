@@ -69,17 +69,24 @@ def _sku_gallery(skus, sprites, cell: int = 96) -> Image.Image:
 
 
 def contact_sheet(root: Path, split: str = "train", count: int = 6, width: int = 320) -> Image.Image:
-    """The first `count` images of a split with their boxes and class ids drawn."""
+    """The first `count` images of a split with their boxes and class ids drawn.
+
+    A large JPEG (a 4000 x 3000 phone photo) is decoded at the smallest scale libjpeg offers (1/2 to
+    1/8) that is still at least `width` wide or tall, not at full size; one image at a time.
+    """
     coco = load_split(root, split)
     by_image: dict[int, list] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     tiles = []
     for info in coco["images"][:count]:
-        image = Image.open(root / "images" / info["file_name"]).convert("RGB")
+        with Image.open(root / "images" / info["file_name"]) as opened:
+            opened.draft("RGB", (width, width))
+            scale = opened.width / info["width"]
+            image = opened.convert("RGB")
         draw = ImageDraw.Draw(image)
         for ann in by_image.get(info["id"], []):
-            x, y, w, h = ann["bbox"]
+            x, y, w, h = (v * scale for v in ann["bbox"]) if scale != 1 else ann["bbox"]
             draw.rectangle([x, y, x + w, y + h], outline=(255, 0, 255), width=2)
             draw.text((x + 2, y + 2), str(ann["category_id"]), fill=(255, 255, 0))
         image.thumbnail((width, width))

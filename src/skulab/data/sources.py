@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from skulab.errors import SkulabError
 from skulab.io import read_json
@@ -38,6 +37,7 @@ class Item:
     boxes: list[Box] = field(default_factory=list)
     split: str | None = None
     whole_image: bool = False  # classification sources: the image is the crop
+    relative: bool = False  # boxes in fractions of the image's size (YOLO), scaled once it is known
     left_out: Counter = field(default_factory=Counter)  # LEFT_OUT kind -> annotations not imported
 
 
@@ -246,15 +246,11 @@ def read_yolo(root: Path, data_yaml: str) -> SourceData:
         images = _images_under(_require(base / folder, f"YOLO '{split}' image folder"))
         for image in images:
             label = _yolo_label_file(image)
-            item = Item(image, _rel(label, root), split=split if len(split_dirs) > 1 else None)
+            # relative boxes: validation scales them by the image's size, read where it decodes the image
+            item = Item(image, _rel(label, root), split=split if len(split_dirs) > 1 else None, relative=True)
             data.items.append(item)
             if not label.is_file():
                 continue
-            try:
-                with Image.open(image) as im:
-                    width, height = im.size
-            except OSError:
-                continue  # reported as an unreadable image by validation
             for number, line in enumerate(label.read_text().splitlines(), 1):
                 if not line.strip():
                     continue
@@ -270,7 +266,7 @@ def read_yolo(root: Path, data_yaml: str) -> SourceData:
                 if class_id not in names:
                     data.problems.append(Problem("unknown_class", ref, f"class id {class_id} not in data.yaml names ({_id_list(list(names))})"))
                     continue
-                item.boxes.append(Box(names[class_id], (cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height, ref))
+                item.boxes.append(Box(names[class_id], cx - w / 2, cy - h / 2, w, h, ref))
     return data
 
 

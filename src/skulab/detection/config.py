@@ -7,9 +7,11 @@ have (an RPN in a one-stage detector, say) are left alone.
 
 from pathlib import Path
 
+import torch
 from mmengine.config import Config, ConfigDict
 
 from skulab.detection.compat import patch_mmengine
+from skulab.detection.pretrained import check_backbone_weights
 from skulab.errors import SkulabError
 from skulab.params import DetectorConfig
 
@@ -46,9 +48,12 @@ def _backbone(model: ConfigDict, config: DetectorConfig, repo: Path) -> None:
         backbone.frozen_stages = -1
         backbone.norm_eval = False
         backbone.norm_cfg = dict(type="BN", requires_grad=True)
-    else:
-        checkpoint = f"torchvision://resnet{config.backbone_depth}" if config.pretrained == "download" else str((repo / config.pretrained).resolve())
-        backbone.init_cfg = dict(type="Pretrained", checkpoint=checkpoint)
+    elif config.pretrained == "download":
+        backbone.init_cfg = dict(type="Pretrained", checkpoint=f"torchvision://resnet{config.backbone_depth}")
+    else:  # a local file, checked now: mmengine would load a file that does not fit partly, with a log line
+        checkpoint = (repo / config.pretrained).resolve()
+        check_backbone_weights(checkpoint, backbone.to_dict())
+        backbone.init_cfg = dict(type="Pretrained", checkpoint=str(checkpoint))
 
 
 def _heads(model: ConfigDict) -> list[ConfigDict]:
@@ -83,6 +88,26 @@ def _proposals(model: ConfigDict, config: DetectorConfig) -> None:
         stage.max_per_img = config.rpn_max_per_img
     for stage in _as_list(model.train_cfg.rcnn):
         stage.sampler.num = config.rcnn_sampler_num
+
+
+def _test_output(cfg: Config, config: DetectorConfig) -> None:
+    """At most max_per_img detections per image at test time (val, test, serving), and nothing capping below it.
+
+    The R-CNN stage can only keep as many boxes as the RPN proposes, so test-time proposals are raised
+    to max_per_img when rpn_max_per_img is lower; training reads train_cfg.rpn_proposal, not this.
+    """
+    test_cfg = cfg.model.get("test_cfg")
+    if not test_cfg:
+        raise SkulabError(f"{config.config}: model.test_cfg not found; max_per_img needs an mmdet detector with a test_cfg")
+    if "rcnn" in test_cfg:
+        for stage in _as_list(test_cfg.rcnn):
+            stage.max_per_img = config.max_per_img
+    else:
+        test_cfg.max_per_img = config.max_per_img
+    if "rpn" in test_cfg:
+        test_cfg.rpn.max_per_img = max(config.rpn_max_per_img, config.max_per_img)
+    if "tta_model" in cfg and "tta_cfg" in cfg.tta_model:  # test-time augmentation's merge, if ever used
+        cfg.tta_model.tta_cfg.max_per_img = config.max_per_img
 
 
 def _num_classes(model: ConfigDict, num_classes: int) -> None:
@@ -153,6 +178,24 @@ def _schedule(cfg: Config, config: DetectorConfig) -> None:
     cfg.auto_scale_lr = dict(enable=False, base_batch_size=config.batch_size)
 
 
+def _launcher(cfg: Config, config: DetectorConfig) -> None:
+    """world_size > 1: one cell on several processes started by torchrun (mmengine's launcher 'pytorch').
+
+    batch_size stays the global batch: each process loads batch_size / world_size images per
+    iteration (mmengine's DefaultSampler gives each its shard), so an epoch keeps its iterations.
+    GPUs: nccl, one per process. CPU: gloo, and DDP without device ids (mmengine's default wrapper
+    passes the local rank as a CUDA device). world_size 1 leaves the config as it was.
+    """
+    if config.world_size == 1:
+        return
+    cuda = torch.cuda.is_available()
+    cfg.launcher = "pytorch"
+    cfg.env_cfg.dist_cfg = dict(backend="nccl" if cuda else "gloo")
+    cfg.train_dataloader.batch_size = config.batch_size // config.world_size
+    if not cuda:
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False, find_unused_parameters=False)
+
+
 def build_config(config: DetectorConfig, repo: Path, prepared: Path, annotations: dict[str, Path], classes: list[str], work_dir: Path, detections_prefix: Path) -> Config:
     """The full mmdet config of one detector cell, ready for mmengine's Runner (or tools/train.py)."""
     cfg = load_config(repo / config.config)
@@ -162,6 +205,7 @@ def build_config(config: DetectorConfig, repo: Path, prepared: Path, annotations
     _backbone(model, config, repo)
     _widths(model, config)
     _proposals(model, config)
+    _test_output(cfg, config)
     _num_classes(model, len(classes))
     train_pipeline, test_pipeline = _pipelines(*config.input_size)
     cfg.train_dataloader = _loader(config, prepared, annotations["train"], classes, "train", train_pipeline)
@@ -182,4 +226,5 @@ def build_config(config: DetectorConfig, repo: Path, prepared: Path, annotations
     cfg.work_dir = str(work_dir.resolve())
     cfg.load_from = None
     cfg.resume = False
+    _launcher(cfg, config)
     return cfg

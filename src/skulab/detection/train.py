@@ -4,9 +4,19 @@ The stage owns MLflow logging (a hook writes each epoch to the stage's own run a
 metrics/detector/<name>/history.csv) and the resume decision: an interrupted run continues from
 mmengine's last checkpoint only when its fingerprint (config, data, code) matches; anything else
 starts over in an emptied work dir.
+
+The terminal gets one line naming mmengine's log file, a progress bar and a metrics line per epoch,
+and the test scores; mmengine's environment dump, resolved config, hook table and per-iteration
+lines, and pycocotools' prints, go to the log file only (models/detector/<name>/<timestamp>/).
 """
 
+import contextlib
+import copy
+import hashlib
+import logging
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -14,8 +24,10 @@ import mlflow
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.dist import barrier, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.runner import Runner
+from mmengine.runner import Runner, TestLoop
+from tqdm import tqdm
 
 from skulab.data.coco import class_names, load_split
 from skulab.detection.compat import trust_checkpoints_under
@@ -29,6 +41,58 @@ from skulab.plots import DETECTOR_SCORES, plot_history
 from skulab.rng import global_rng_state, set_global_rng_state
 
 AGNOSTIC_CLASS = "product"
+NOT_ON_CONSOLE = (
+    "will be deprecated", "is the alias of",  # mmengine's notices about its own API, every run
+    "The testing results of the whole dataset is empty",  # an epoch without detections: ZeroIfEmptyCocoMetric scores it 0
+)
+
+
+class _ConsoleFilter(logging.Filter):
+    """Known, handled messages stay in the log file only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in NOT_ON_CONSOLE)
+
+
+CONSOLE_FILTER = _ConsoleFilter()
+
+
+class QuietRunner(Runner):
+    """mmengine's Runner whose console shows warnings and errors only; its log file still gets everything.
+
+    mmengine's MMLogger has one log_level for its console and file handlers, and logs the environment,
+    the whole config and the hook table from Runner.__init__ (500+ lines per cell); lowering the
+    console handler as the logger is built is the one place that catches them.
+    """
+
+    def build_logger(self, log_level="INFO", log_file=None, **kwargs):
+        logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+                handler.addFilter(CONSOLE_FILTER)
+        return logger
+
+
+def runner_log_file(runner: Runner) -> Path:
+    """The text log mmengine writes for this runner (work_dir/<timestamp>/<timestamp>.log)."""
+    for handler in runner.logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename)
+    return Path(runner.log_dir) / f"{runner.timestamp}.log"
+
+
+@contextlib.contextmanager
+def prints_to(path: Path):
+    """print() output (pycocotools' progress and tables, mmengine's checkpoint loader) appended to `path`."""
+    with open(path, "a", buffering=1) as stream, contextlib.redirect_stdout(stream):
+        yield
+
+
+def shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def detector_annotations(prepared: Path, out: Path, class_aware: bool) -> tuple[dict[str, Path], list[str]]:
@@ -77,12 +141,29 @@ class TrackingHook(Hook):
 
     priority = "LOWEST"  # after CheckpointHook has saved the epoch's checkpoints
 
-    def __init__(self, cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None):
+    def __init__(self, cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None, console=None):
         self.cell, self.history, self.stop_after_epochs = cell, history, stop_after_epochs
+        self.console = console or sys.stdout  # the terminal, while print() goes to the log file
+        self.bar: tqdm | None = None  # one per epoch: its training and validation iterations
         self.epochs_run = 0
         self.sums, self.iters, self.started, self.epoch = {}, 0, time.perf_counter(), 0
         self.trained: dict | None = None  # the training half of the current epoch's row, once it ends
         self.training_rng: dict | None = None  # the training RNG states, set while validating
+
+    def _open_bar(self, epoch: int, max_epochs: int, total: int) -> None:
+        self.close_bar()
+        desc = f"{self.cell.name} epoch {epoch}/{max_epochs}"
+        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True, disable=not is_main_process())
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _report(self, row: dict, max_epochs: int) -> None:
+        scores = "  ".join(f"{label} {row[key]:.3f}" for label, key in (("val mAP", "val_bbox_mAP"), ("mAP50", "val_bbox_mAP_50"), ("AR@100", "val_bbox_AR_100")) if key in row)
+        loss = f"loss {row['train_loss']:.3f}  " if "train_loss" in row else ""
+        tqdm.write(f"{self.cell.name} epoch {row['epoch']}/{max_epochs}: {loss}{scores}  ({row['epoch_seconds']:.0f} s)", file=self.console)
 
     def before_train(self, runner) -> None:
         # Resumed from the checkpoint of an epoch that has no history row: its validation was
@@ -101,11 +182,15 @@ class TrackingHook(Hook):
     def before_train_epoch(self, runner) -> None:
         self.sums, self.iters, self.started, self.trained = {}, 0, time.perf_counter(), None
         self.epoch = runner.epoch + 1  # runner.epoch counts finished epochs
+        self._open_bar(self.epoch, runner.max_epochs, len(runner.train_dataloader) + len(runner.val_dataloader))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for key, value in (outputs or {}).items():
             self.sums[key] = self.sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
         self.iters += 1
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.sums.get('loss', 0.0) / self.iters:.3f}", refresh=False)
+            self.bar.update()
 
     def _end_training(self) -> dict:
         """The epoch's training half of its row, fixed when first asked for after training: by its checkpoint."""
@@ -121,8 +206,15 @@ class TrackingHook(Hook):
 
     def before_val_epoch(self, runner) -> None:
         self.training_rng = global_rng_state()
+        if self.bar is None:  # validating a resumed epoch: no training bar to continue
+            self._open_bar(runner.epoch, runner.max_epochs, len(runner.val_dataloader))
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.bar is not None:
+            self.bar.update()
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        self.close_bar()
         set_global_rng_state(self.training_rng)
         self.training_rng = None
         trained = self.trained
@@ -137,9 +229,11 @@ class TrackingHook(Hook):
             "seconds_per_iter": trained["seconds"] / max(trained["iters"], 1),
         }
         self.history.append(row)
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
-        write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
-        self.cell.save_state(finished=False, history=self.history)
+        if is_main_process():  # world_size > 1: rank 0 alone reports, logs and writes
+            self._report(row, runner.max_epochs)
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
+            write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
+            self.cell.save_state(finished=False, history=self.history)
         if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
             raise StopAfterEpochs
 
@@ -151,6 +245,14 @@ class TrackingHook(Hook):
         if "skulab_rng" in checkpoint:
             set_global_rng_state(checkpoint["skulab_rng"])
         self.trained = checkpoint.get("skulab_trained")
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _code_hash(config_file: Path) -> str:
@@ -165,7 +267,10 @@ class DetectorCell:
     def __init__(self, name: str, config: DetectorConfig, repo: Path, prepared: Path, model_dir: Path, metrics_dir: Path, detections_dir: Path, dataset_hash: str):
         self.name, self.config, self.repo, self.prepared = name, config, repo, prepared
         self.model_dir, self.metrics_dir, self.detections_dir = model_dir, metrics_dir, detections_dir
-        self.fingerprint = params_hash({"config": config, "dataset": dataset_hash, "code": _code_hash(repo / config.config)})
+        fingerprint = {"config": config, "dataset": dataset_hash, "code": _code_hash(repo / config.config)}
+        if config.pretrained not in ("none", "download"):  # the same path with other weights is another cell
+            fingerprint["pretrained"] = _file_hash(repo / config.pretrained)
+        self.fingerprint = params_hash(fingerprint)
 
     @property
     def state_path(self) -> Path:
@@ -174,6 +279,11 @@ class DetectorCell:
     @property
     def detections_file(self) -> Path:
         return self.detections_dir / "test.bbox.json"
+
+    @property
+    def val_detections_file(self) -> Path:
+        """The val split's detections from the same checkpoint: what crop.score_threshold: auto is chosen on."""
+        return self.detections_dir / "val.bbox.json"
 
     def resumable(self) -> dict | None:
         """The state of an interrupted run of this exact cell with a checkpoint to resume, else None."""
@@ -185,10 +295,12 @@ class DetectorCell:
         return state
 
     def save_state(self, finished: bool, history: list[dict]) -> None:
+        if not is_main_process():  # world_size > 1: rank 0 owns the cell's files
+            return
         write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "run_id": self.run_id, "finished": finished, "history": history})
 
     def prepare_work_dir(self, resume: bool) -> Config:
-        if not resume and self.model_dir.exists():
+        if not resume and self.model_dir.exists() and is_main_process():  # world_size > 1: the others wait (cell.py)
             shutil.rmtree(self.model_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -205,16 +317,39 @@ class DetectorCell:
         history = list(state["history"]) if state else []
         self.save_state(finished=False, history=history)
         trust_checkpoints_under(self.model_dir)
+        main = is_main_process()  # world_size > 1: the other ranks print nothing
+        console = sys.stdout if main else open(os.devnull, "w")  # before print() is sent to the log file
         try:
-            runner = Runner.from_cfg(cfg)
+            runner = QuietRunner.from_cfg(cfg)
         except KeyError as exc:  # mmengine registries: an unknown `type` in the config
             raise SkulabError(f"{self.config.config}: {exc.args[0] if exc.args else exc}") from None
-        runner.register_hook(TrackingHook(self, history, stop_after_epochs))
+        log = runner_log_file(runner) if main else Path(os.devnull)
+        resumed = f", resuming after epoch {len(history)}" if state else ""
+        print(f"train_detector@{self.name}: mmengine's log (environment, config, every iteration) in {shown(log)}{resumed}", file=console, flush=True)
+        hook = TrackingHook(self, history, stop_after_epochs, console)
+        runner.register_hook(hook)
         try:
-            runner.train()
+            with prints_to(log):
+                runner.train()
+                final = self._finish(runner, history)
         except StopAfterEpochs:
             return None
-        return self._finish(runner, history)
+        finally:
+            hook.close_bar()
+        scores = "  ".join(f"{label} {final[key]:.3f}" for label, key in (("test mAP", "test_bbox_mAP"), ("mAP50", "test_bbox_mAP_50"), ("AR@100", "test_bbox_AR_100")) if key in final)
+        print(f"{self.name} best epoch {final['best_epoch']}: {scores}; detections in {shown(self.detections_dir)}", file=console, flush=True)
+        return final
+
+    def _detect_val(self, runner) -> dict:
+        """Write the val split's detections (val.bbox.json, COCO results as test.bbox.json) from the loaded checkpoint.
+
+        A TestLoop over the val loader with the val metric writing its results file: the training's
+        ValLoop would call the validation hooks (history rows, best-checkpoint bookkeeping) again.
+        """
+        evaluator = copy.deepcopy(runner.cfg.val_evaluator).to_dict()
+        evaluator["outfile_prefix"] = str((self.detections_dir / "val").resolve())
+        runner.logger.info(f"Detections on val from the loaded checkpoint -> {self.val_detections_file}")
+        return TestLoop(runner, runner.val_dataloader, evaluator).run()
 
     def _best(self, runner, history: list[dict]) -> tuple[Path, dict]:
         """mmengine's best checkpoint and its epoch's history row, after checking every epoch has one row."""
@@ -232,10 +367,12 @@ class DetectorCell:
         return best, row
 
     def _finish(self, runner, history: list[dict]) -> dict:
+        barrier()  # world_size > 1: rank 0 has written the last and best checkpoints
         best, best_row = self._best(runner, history)
         best_epoch = best_row["epoch"]
         last = Path((self.model_dir / "last_checkpoint").read_text().strip())
         runner.load_checkpoint(str(best))
+        self._detect_val(runner)
         test = runner.test()
         final = {
             "best_epoch": best_epoch,
@@ -245,6 +382,8 @@ class DetectorCell:
             "seconds_per_iter": float(np.mean([row["seconds_per_iter"] for row in history])),
             "train_seconds": sum(row["epoch_seconds"] for row in history),
         }
+        if not is_main_process():  # world_size > 1: every rank tested its shard; rank 0 writes and logs
+            return final
         # Stable names for DVC and MLflow: best.pth keeps only the weights (what inference needs).
         weights = torch.load(best, map_location="cpu", weights_only=False)
         with atomic_path(self.model_dir / "best.pth") as tmp:
@@ -261,6 +400,7 @@ class DetectorCell:
             mlflow.log_artifact(str(self.metrics_dir / path), artifact_path="metrics")
         mlflow.log_artifact(str(self.model_dir / "config.py"), artifact_path="config")
         mlflow.log_artifact(str(self.detections_file), artifact_path="detections")
+        mlflow.log_artifact(str(self.val_detections_file), artifact_path="detections")
         for path in ("best.pth", "last.pth"):
             mlflow.log_artifact(str(self.model_dir / path), artifact_path="checkpoints")
         return final

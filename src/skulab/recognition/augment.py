@@ -31,7 +31,31 @@ def trivialaugment(size):
     return _basic(size) + [v2.TrivialAugmentWide()]
 
 
-AUGMENTS = {f.__name__: f for f in (none, basic, autoaugment, randaugment, trivialaugment)}
+# timm's training default: timm.data.create_transform(size, is_training=True), i.e.
+# transforms_imagenet_train with create_transform's interpolation (bilinear); timm's train.py
+# passes --train-interpolation random (bilinear or bicubic per sample) instead.
+TIMM_SCALE, TIMM_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+TIMM_HFLIP, TIMM_COLOR_JITTER = 0.5, 0.4
+
+
+def timm(size):
+    """timm's default train augmentation: RandomResizedCrop, horizontal flip, colour jitter 0.4.
+
+    The jitter runs on float32 in [0, 1], not uint8: torchvision's uint8 contrast and saturation
+    kernels floor a grayscale copy, and torch's floor opens an OpenMP parallel region even for one
+    74 x 74 crop; on 2 cores shared with other jobs, OpenMP's default active wait made that 14 to
+    44 ms per sample, against under 1.5 ms in float32 and for timm's PIL pipeline (bench/vs_timm.py).
+    The float result differs from the uint8 one only by the uint8 kernels' rounding.
+    """
+    return [
+        v2.RandomResizedCrop(size, scale=TIMM_SCALE, ratio=TIMM_RATIO, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomHorizontalFlip(TIMM_HFLIP),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.ColorJitter(brightness=TIMM_COLOR_JITTER, contrast=TIMM_COLOR_JITTER, saturation=TIMM_COLOR_JITTER),
+    ]
+
+
+AUGMENTS = {f.__name__: f for f in (none, basic, autoaugment, randaugment, trivialaugment, timm)}
 
 
 def _normalize():

@@ -1,4 +1,4 @@
-"""Crop datasets held in memory as uint8 tensors: decoded once, augmented per sample."""
+"""Crop datasets memory-mapped from the crop stage's store: decoded once, augmented per sample."""
 
 import csv
 import json
@@ -7,19 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from skulab.errors import SkulabError
+from skulab.layout import crop_store
 
 
 @dataclass
 class CropSet:
-    images: torch.Tensor  # N x 3 x S x S, uint8
+    images: torch.Tensor  # N x 3 x S x S, uint8, memory-mapped (pages are read when used)
     labels: torch.Tensor  # N, int64 class index; -1 for a detection that matched no product
     class_names: list[str]  # index -> name
-    crops: list[str]  # each crop's manifest name (its file under images/)
+    crops: list[str]  # each crop's manifest name
 
     def products(self) -> "CropSet":
         """The crops showing a known product (detections matched to a ground-truth box)."""
@@ -36,8 +35,8 @@ def load_classes(crops: Path) -> dict[int, str]:
         raise SkulabError(f"{path}: missing; run the crop stage first") from None
 
 
-def load_split(crops: Path, split: str, storage_size: int) -> CropSet:
-    """All crops of one split, resized once to `storage_size` squares."""
+def load_split(crops: Path, split: str) -> CropSet:
+    """All crops of one split, as stored by the crop stage (squares of crop.stored_size)."""
     classes = load_classes(crops)
     index_of = {class_id: i for i, class_id in enumerate(sorted(classes))}
     manifest = crops / "manifest.csv"
@@ -48,14 +47,17 @@ def load_split(crops: Path, split: str, storage_size: int) -> CropSet:
         raise SkulabError(f"{manifest}: missing; run the crop stage first") from None
     if not rows:
         raise SkulabError(f"{manifest}: split '{split}' has no crops")
-    images = np.empty((len(rows), storage_size, storage_size, 3), dtype=np.uint8)
-    for i, row in enumerate(tqdm(rows, desc=f"load {split} crops", unit="crop", leave=False)):
-        with Image.open(crops / "images" / row["crop"]) as image:
-            images[i] = np.asarray(image.convert("RGB").resize((storage_size, storage_size), Image.BILINEAR))
+    store = crop_store(crops, split)
+    try:
+        # copy-on-write: a writable view without reading the file into memory (torch wants writable arrays)
+        images = np.load(store, mmap_mode="c")
+    except FileNotFoundError:
+        raise SkulabError(f"{store}: missing; run the crop stage again (dvc repro crop)") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:2] != (len(rows), 3) or images.shape[2] != images.shape[3]:
+        raise SkulabError(f"{store}: expected {len(rows)} x 3 x S x S uint8 crops (the manifest's {split} rows), got {images.shape} {images.dtype}; rerun the crop stage")
     labels = torch.tensor([index_of.get(int(row["class_id"]), -1) for row in rows], dtype=torch.int64)
     names = [classes[class_id] for class_id in sorted(classes)]
-    crops_names = [row["crop"] for row in rows]
-    return CropSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, names, crops_names)
+    return CropSet(torch.from_numpy(images), labels, names, [row["crop"] for row in rows])
 
 
 class TransformedCrops(Dataset):

@@ -3,6 +3,12 @@
 Only an interrupted run is resumed, and only when its fingerprint (config, seed, crops, code)
 matches, so a stale checkpoint from an edited variant is never continued. RNG states are checkpointed too, so an
 interrupted and resumed run ends with the same metrics as an uninterrupted one.
+
+With world_size > 1 (one process per rank, started by torchrun; see skulab.distributed) the model
+is wrapped in DistributedDataParallel, each rank trains on its slice of every global batch of
+batch_size (sampler.GlobalBatchShards), and rank 0 alone evaluates, logs to MLflow and writes the
+checkpoints and metrics; last.pt then also carries every rank's RNG states. world_size 1 runs
+exactly the single-process code path.
 """
 
 import random
@@ -12,9 +18,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from skulab.distributed import SINGLE, Ranks
 from skulab.errors import SkulabError
 from skulab.layout import GT_TEST
 from skulab.io import atomic_path, hash_files, read_json, write_csv_atomic, write_json_atomic
@@ -25,7 +33,7 @@ from skulab.recognition.data import CropSet, TransformedCrops, load_split
 from skulab.recognition.head import Recognizer
 from skulab.recognition.losses import WeightedLoss, uses_classifier, uses_metric_loss
 from skulab.recognition.optimizers import create_optimizer
-from skulab.recognition.sampler import pk_sampler
+from skulab.recognition.sampler import DistributedPKSampler, DistributedShuffleSampler, pk_sampler
 from skulab.recognition.schedules import create_schedule
 from skulab.plots import plot_history
 from skulab.rng import global_rng_state, set_global_rng_state
@@ -38,6 +46,11 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Each rank of a multi-process cell its own global RNG streams (augmentations), derived from (seed, rank)."""
+    seed_everything(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
 def _rng_state(loader_generator: torch.Generator) -> dict:
@@ -69,8 +82,8 @@ def _save(obj, path: Path) -> None:
 
 
 class CellTrainer:
-    def __init__(self, config: RecognizerConfig, seed: int, crops: Path, model_dir: Path, metrics_dir: Path):
-        self.config, self.seed = config, seed
+    def __init__(self, config: RecognizerConfig, seed: int, crops: Path, model_dir: Path, metrics_dir: Path, ranks: Ranks = SINGLE):
+        self.config, self.seed, self.ranks = config, seed, ranks
         self.crops, self.model_dir, self.metrics_dir = crops, model_dir, metrics_dir
         # The crops' bytes, not just the manifest: padding or a lighting change keeps every box.
         crops_hash = hash_files(crops) if crops.is_dir() else "none"
@@ -101,6 +114,13 @@ class CellTrainer:
     def _loader(self, train: CropSet, generator: torch.Generator) -> DataLoader:
         cfg = self.config
         dataset = TransformedCrops(train, train_transform(cfg.augment, cfg.image_size))
+        if self.ranks.enabled:  # this rank's slice of each global batch, drawn from (seed, epoch)
+            rank, world = self.ranks.rank, self.ranks.world_size
+            if uses_metric_loss(cfg.loss):
+                shards = DistributedPKSampler(train.labels, train.class_names, cfg.batch_size, cfg.sampler_k, rank, world, self.seed)
+            else:
+                shards = DistributedShuffleSampler(len(train.labels), cfg.batch_size, rank, world, self.seed)
+            return DataLoader(dataset, batch_size=shards.per_rank, sampler=shards, drop_last=True)
         if uses_metric_loss(cfg.loss):
             sampler = pk_sampler(train.labels, train.class_names, cfg.batch_size, cfg.sampler_k)
             return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
@@ -124,70 +144,99 @@ class CellTrainer:
     def selection_metric(self) -> str:
         return "val_top1" if self.has_classifier else "val_proto_acc"
 
+    def _parallel(self, model: Recognizer, device: torch.device):
+        """The module the training steps call: DDP over the ranks, or the model itself."""
+        if not self.ranks.enabled:
+            return model
+        # A metric-only loss leaves the classifier out of the loss while its logits are still an
+        # output: static_graph learns the unused parameters from the first backward pass.
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, static_graph=not self.has_classifier)
+
     def fit(self, run_id: str, checkpoint: dict | None = None, stop_after_epochs: int | None = None) -> dict | None:
-        """Train (or resume `checkpoint`) to the configured epochs; return final metrics, or None if stopped early."""
-        cfg = self.config
+        """Train (or resume `checkpoint`) to the configured epochs; return final metrics, or None if stopped early.
+
+        On a rank other than 0 of a multi-process cell: train, and return None (rank 0 has the metrics).
+        """
+        cfg, ranks = self.config, self.ranks
         seed_everything(self.seed)
-        storage = round(cfg.image_size * 1.15)
         stats = read_json(self.crops / "stats.json")
-        splits = {split: load_split(self.crops, split, storage) for split in ("train", *EVAL_SPLITS, GT_TEST) if split in stats}
+        if cfg.image_size > stats["stored_size"]:
+            raise SkulabError(f"{self.crops}: crops are stored at {stats['stored_size']} px, below image_size {cfg.image_size}; raise crop.stored_size")
+        splits = {split: load_split(self.crops, split) for split in ("train", *EVAL_SPLITS)}
+        if stats.get(GT_TEST, {}).get("crops"):  # no ground-truth test crops when every test box is below min_box_size
+            splits[GT_TEST] = load_split(self.crops, GT_TEST)
         train = splits["train"]
         model = Recognizer(cfg.backbone, len(train.class_names), cfg.embedding_dim, cfg.pretrained)
-        model.to(resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        if ranks.enabled and device.type == "cuda":
+            device = torch.device("cuda", ranks.local_rank)
+        model.to(device)
         generator = torch.Generator().manual_seed(self.seed)
         loader = self._loader(train, generator)
         optimizer = create_optimizer(model, cfg)
         scheduler = create_schedule(optimizer, cfg, len(loader))
         criterion = WeightedLoss(cfg)
+        net = self._parallel(model, device)  # DDP copies rank 0's initial weights to every rank
+        if ranks.enabled:
+            seed_rank(self.seed, ranks.rank)
         start_epoch, history, best = 0, [], {"value": -1.0, "epoch": -1}
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             start_epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
-            _set_rng_state(checkpoint["rng"], generator)
-            tqdm.write(f"resuming from {self.last_path} at epoch {start_epoch}")
+            _set_rng_state(checkpoint["rank_rng"][ranks.rank] if ranks.enabled else checkpoint["rng"], generator)
+            if ranks.main:
+                tqdm.write(f"resuming from {self.last_path} at epoch {start_epoch}")
 
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         select = self.selection_metric()
-        epochs = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
+        epochs = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs, disable=not ranks.main)
         for epoch in epochs:
             started = time.perf_counter()
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **self._train_epoch(model, loader, optimizer, scheduler, criterion)}
-            val_metrics, _ = self._evaluate(model, train, splits["val"])
-            row.update({f"val_{k}": v for k, v in val_metrics.items()})
-            row["epoch_seconds"] = time.perf_counter() - started
-            history.append(row)
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            epochs.set_postfix(loss=f"{row['train_loss']:.3f}", **{select: f"{row[select]:.3f}"})
-            if row[select] > best["value"]:
-                best = {"value": row[select], "epoch": epoch + 1}
-                _save({"model": model.state_dict(), "epoch": epoch + 1, "config": cfg.model_dump(), "class_names": train.class_names}, self.best_path)
-            _save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best": best,
-                    "rng": _rng_state(generator),
-                    "fingerprint": self.fingerprint,
-                    "run_id": run_id,
-                },
-                self.last_path,
-            )
-            write_csv_atomic(self.metrics_dir / "history.csv", history)
+            lr = optimizer.param_groups[0]["lr"]
+            if ranks.enabled:
+                loader.sampler.set_epoch(epoch)
+            row = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(net, loader, optimizer, scheduler, criterion)}
+            if ranks.main:
+                val_metrics, _ = self._evaluate(model, train, splits["val"])
+                row.update({f"val_{k}": v for k, v in val_metrics.items()})
+                row["epoch_seconds"] = time.perf_counter() - started
+                history.append(row)
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+                epochs.set_postfix(loss=f"{row['train_loss']:.3f}", **{select: f"{row[select]:.3f}"})
+                if row[select] > best["value"]:
+                    best = {"value": row[select], "epoch": epoch + 1}
+                    _save({"model": model.state_dict(), "epoch": epoch + 1, "config": cfg.model_dump(), "class_names": train.class_names}, self.best_path)
+            rank_rng = {"rank_rng": ranks.gather(_rng_state(generator))} if ranks.enabled else {}
+            if ranks.main:
+                _save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "best": best,
+                        "rng": _rng_state(generator),
+                        **rank_rng,
+                        "fingerprint": self.fingerprint,
+                        "run_id": run_id,
+                    },
+                    self.last_path,
+                )
+                write_csv_atomic(self.metrics_dir / "history.csv", history)
             if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < cfg.epochs:
                 return None
-        return self._finish(model, splits, history, best, run_id)
+        return self._finish(model, splits, history, best, run_id) if ranks.main else None
 
     def _train_epoch(self, model, loader, optimizer, scheduler, criterion) -> dict:
         model.train()
         device = next(model.parameters()).device
         total, terms, correct, seen = 0.0, {}, 0, 0
-        for images, labels in tqdm(loader, desc="train", unit="batch", leave=False):
+        for images, labels in tqdm(loader, desc="train", unit="batch", leave=False, disable=not self.ranks.main):
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             loss, parts = criterion(out, labels)
@@ -200,6 +249,10 @@ class CellTrainer:
                 terms[name] = terms.get(name, 0.0) + value * len(labels)
             correct += (out.logits.argmax(dim=1) == labels).sum().item()
             seen += len(labels)
+        if self.ranks.enabled:  # the global batches' figures: sums over the ranks
+            names = sorted(terms)
+            total, correct, seen, *sums = self.ranks.all_sum([total, correct, seen, *(terms[name] for name in names)])
+            terms = dict(zip(names, sums))
         row = {"train_loss": total / seen, **{f"train_loss_{k}": v / seen for k, v in terms.items()}}
         if self.has_classifier:
             row["train_acc"] = correct / seen

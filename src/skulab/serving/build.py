@@ -39,7 +39,7 @@ from skulab.recognition.augment import eval_transform
 from skulab.recognition.data import load_split as load_crops
 from skulab.recognition.head import Recognizer
 from skulab.recognition.losses import uses_classifier
-from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN, storage_size
+from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN
 from skulab.serving.pyfunc import request_frame, signature
 from skulab.summary import shelf_per_cell
 from skulab.tracking import stage_run, tracking_uri
@@ -175,6 +175,13 @@ class Parts:
         return runs
 
 
+def crop_settings(crop, stats: dict) -> dict:
+    """How the crop stage cut the cell's crops: its params, with `auto` resolved to the threshold it chose on val."""
+    fixed = 0.0 if crop.score_threshold == "auto" else crop.score_threshold  # auto without detector: nothing was thresholded
+    threshold = stats.get("score_threshold", {}).get("value", fixed)
+    return {"padding": crop.padding, "score_threshold": threshold, "max_detections": crop.max_detections, "min_box_size": crop.min_box_size, "stored_size": stats["stored_size"]}
+
+
 def recognizer_from(parts: Parts) -> Recognizer:
     model = Recognizer(parts.config["backbone"], len(parts.class_names), parts.config["embedding_dim"], pretrained="none")
     model.load_state_dict(parts.checkpoint["model"])
@@ -187,13 +194,13 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
     image_size = parts.config["image_size"]
     model = recognizer_from(parts)
     transform = eval_transform(image_size)
-    train = load_crops(CROPS, "train", storage_size(image_size))
+    train = load_crops(CROPS, "train")
     if train.class_names != parts.class_names:
         raise SkulabError(f"{CROPS}: its classes differ from those train_recognizer@{parts.cell} learnt; run `dvc repro`")
     gallery, _ = evaluation.embed(model, train.images, transform, parts.has_classifier)  # as the cell's own evaluation
     num_classes = len(parts.class_names)
     prototypes = class_prototypes(gallery, train.labels, num_classes)
-    val = load_crops(CROPS, "val", storage_size(image_size)).products()
+    val = load_crops(CROPS, "val").products()
     val_features, _ = evaluation.embed(model, val.images, transform, parts.has_classifier)
     val_similarity = evaluation.prototype_similarities(prototypes, torch.arange(num_classes), val_features, num_classes).max(dim=1).values
     threshold = calibrate_reject(val_similarity, package.reject)
@@ -225,7 +232,7 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
             "cell": parts.cell, "backbone": parts.config["backbone"], "embedding_dim": parts.config["embedding_dim"],
             "image_size": image_size, "loss": parts.config["loss"], "has_classifier": parts.has_classifier,
         },
-        "crop": {"padding": crop.padding, "score_threshold": crop.score_threshold, "max_detections": crop.max_detections, "min_box_size": crop.min_box_size},
+        "crop": crop_settings(crop, parts.stats),
         "reject": {"threshold": threshold, "share": package.reject},
         "top_k": package.top_k,
         "batch_size": package.batch_size,
@@ -429,7 +436,7 @@ def package_stage(params: Params) -> dict:
         print(f"package: {parts.note}")
     read = {
         "package": package,
-        "crop": {key: getattr(params.crop, key) for key in ("padding", "score_threshold", "max_detections", "min_box_size")},
+        "crop": crop_settings(params.crop, parts.stats),
         "detector.variant_names": list(params.detector.variants),
     }
     if parts.detector is not None:

@@ -30,19 +30,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from skulab.crop import padded_box
+from skulab.crop import cut, padded_box
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform
 from skulab.recognition.head import Recognizer
 
 UNKNOWN = "unknown"
-SETTINGS_FORMAT = 1
-
-
-def storage_size(image_size: int) -> int:
-    """The square side crops are stored at before the eval transform, as the recognizer cells do
-    (recognition.train: `round(image_size * 1.15)`, then resized to image_size by eval_transform)."""
-    return round(image_size * 1.15)
+SETTINGS_FORMAT = 2  # 2: crop.stored_size and the resolved score threshold in settings["crop"]
 
 
 class InputError(Exception):
@@ -166,7 +160,7 @@ class Predictor:
         self.model.to(device).eval()
         self.has_classifier = bool(recognizer["has_classifier"])
         self.transform = eval_transform(recognizer["image_size"])
-        self.storage = storage_size(recognizer["image_size"])
+        self.storage = int(settings["crop"]["stored_size"])  # as the crop stage stored the cell's crops
         self.prototypes = prototypes.float().cpu()
         self.prototype_labels = torch.arange(len(self.class_names))
         self.crop = settings["crop"]
@@ -201,13 +195,13 @@ class Predictor:
 
     def cut(self, image: Image.Image, boxes: list[list[float]]) -> torch.Tensor:
         """Crops (N x 3 x S x S, uint8) as the crop stage cuts them and the recognizer cells store them."""
-        crops = np.empty((len(boxes), self.storage, self.storage, 3), dtype=np.uint8)
+        crops = np.empty((len(boxes), 3, self.storage, self.storage), dtype=np.uint8)
         for i, (x, y, w, h) in enumerate(boxes):
             box = padded_box(x, y, w, h, self.crop["padding"], image.width, image.height)
             if box[2] <= box[0] or box[3] <= box[1]:
                 raise InputError(f"box {[x, y, w, h]} covers no pixel of the {image.width}x{image.height} image")
-            crops[i] = np.asarray(image.crop(box).resize((self.storage, self.storage), Image.BILINEAR))
-        return torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+            crops[i] = cut(image, box, self.storage).transpose(2, 0, 1)
+        return torch.from_numpy(crops)
 
     def recognize(self, crops: torch.Tensor) -> list[dict]:
         """Per crop: the answer (or unknown), its confidence, the nearest-prototype similarity and the top-k classes."""

@@ -1,0 +1,374 @@
+"""Scaling up (README "Scaling up"): recognizer cells N at a time through DVC's experiment queue
+(`skulab grid`), several writers on the default SQLite store at once, a PostgreSQL-backed tracking
+server (scripts/tracking_server.sh) and a DVC remote that spares a fresh clone every cell's training.
+
+Each test runs the real prepare, crop and train_recognizer stages (dvc.yaml's own definitions; crop
+without detectors) on a tiny params override, in temporary git + DVC repos.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, TINY, deep_merge, repo_params, write_params
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+CELLS = [f"train_recognizer@{variant}-{seed}" for variant in ("baseline", "triplet") for seed in (0, 1)]
+SCALE = deep_merge(TINY, {"crop": {"detector": "none"}})  # no detector stages: test crops are ground truth
+RUN_ONLY = {"run_id", "train_seconds"}  # final.json keys that differ between two runs of one cell
+GITIGNORE = "mlflow.db\n.mlflow.lock\nmlartifacts/\n"
+
+
+def _env(cwd: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(cwd / "src")  # run the copied code, as DVC hashes it
+    return env | extra
+
+
+def _run(args, cwd: Path, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(cwd, **extra), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _git_commit(repo: Path, message: str) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+def _pipeline() -> dict:
+    """dvc.yaml's prepare, crop and train_recognizer stages as they are; crop without the detector dependencies."""
+    real = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = {name: real["stages"][name] for name in ("prepare", "crop", "train_recognizer")}
+    stages["crop"]["deps"] = [dep for dep in stages["crop"]["deps"] if dep not in ("data/detections", "metrics/detector")]
+    return {"stages": stages}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    # not the MLflow store: its experiment would keep writing artifacts into the source's mlartifacts/
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("tmp", "__pycache__", "mlflow.db", ".mlflow.lock", "mlartifacts"))
+    return target
+
+
+def _new_repo(repo: Path, params: dict) -> Path:
+    repo.mkdir(parents=True)
+    for name in ("stages", "src", "configs"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(_pipeline(), sort_keys=False))
+    write_params(repo / "params.yaml", deep_merge(repo_params(), params))
+    (repo / ".gitignore").write_text(GITIGNORE)
+    _run(["git", "init", "-q"], repo)
+    _run([BIN / "dvc", "init", "-q"], repo)
+    _git_commit(repo, "init")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A committed tiny repo on which nothing has run yet."""
+    return _new_repo(tmp_path_factory.mktemp("scale") / "fresh", SCALE)
+
+
+@pytest.fixture(scope="module")
+def cropped(fresh, tmp_path_factory) -> Path:
+    """The tiny repo with prepare and crop run and committed: only the 4 recognizer cells are dirty."""
+    repo = _copy(fresh, tmp_path_factory.mktemp("scale") / "cropped")
+    _run([BIN / "dvc", "repro", "crop"], repo)
+    _git_commit(repo, "crops")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def sequential(cropped, tmp_path_factory) -> tuple[Path, float]:
+    """The 4 cells trained one after the other by `dvc repro`, committed (dvc.lock, metrics)."""
+    repo = _copy(cropped, tmp_path_factory.mktemp("scale") / "sequential")
+    started = time.monotonic()
+    out = _run([BIN / "dvc", "repro"], repo).stdout
+    elapsed = time.monotonic() - started
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == set(CELLS)
+    _git_commit(repo, "cells")
+    return repo, elapsed
+
+
+def _final(repo: Path, cell: str) -> dict:
+    return json.loads((repo / "metrics/recognizer" / cell.split("@")[1] / "final.json").read_text())
+
+
+def _history(repo: Path, cell: str) -> list[dict]:
+    with open(repo / "metrics/recognizer" / cell.split("@")[1] / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(f)]
+
+
+def _recognizer_runs(uri: str):
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["skulab"])
+    return runs[runs["tags.dvc.stage"].str.startswith("train_recognizer@")]
+
+
+# --- 1. skulab grid: the dirty cells, N at a time, through DVC's experiment queue ---------------
+
+
+@pytest.mark.timeout(1800)  # with the module's fixtures: prepare, crop and the 4 cells trained sequentially first
+def test_grid_trains_the_dirty_cells_two_at_a_time_like_a_sequential_repro(cropped, sequential, tmp_path):
+    repo = _copy(cropped, tmp_path / "grid")
+    seq_repo, seq_seconds = sequential
+    started = time.monotonic()
+    result = _run([BIN / "skulab", "grid", "--jobs", "2"], repo)
+    grid_seconds = time.monotonic() - started
+    print(f"4 tiny cells: dvc repro {seq_seconds:.0f} s, skulab grid --jobs 2 {grid_seconds:.0f} s")
+    out = result.stdout
+    assert "dvc queue start --jobs 2" in out and "grid: 4/4 cells trained" in out, out
+    names = dict(re.findall(r"dvc exp run --queue (\S+) --name (\S+)", out))
+    assert sorted(names) == CELLS
+    # The workspace holds every cell as its experiment left it: nothing left for dvc to run but nothing else.
+    assert json.loads(_run([BIN / "dvc", "status", "--json", "train_recognizer"], repo).stdout or "{}") == {}
+    for cell in CELLS:
+        assert (repo / "models/recognizer" / cell.split("@")[1] / "best.pt").is_file()
+        # bit-for-bit on CPU: the same metrics and curves as the sequential run
+        grid, seq = _final(repo, cell), _final(seq_repo, cell)
+        assert {k: v for k, v in grid.items() if k not in RUN_ONLY} == {k: v for k, v in seq.items() if k not in RUN_ONLY}, cell
+        assert _history(repo, cell) == _history(seq_repo, cell), cell
+    # One MLflow run per cell, in this checkout's store (not in the queue's temporary copies), tagged with its experiment.
+    runs = _recognizer_runs(f"sqlite:///{repo / 'mlflow.db'}").set_index("tags.dvc.stage").sort_index()
+    seq_runs = _recognizer_runs(f"sqlite:///{seq_repo / 'mlflow.db'}").set_index("tags.dvc.stage").sort_index()
+    assert list(runs.index) == list(seq_runs.index) == CELLS
+    assert runs["tags.dvc.experiment"].to_dict() == names
+    same = [c for c in runs.columns if c.startswith(("metrics.", "params.", "tags.params.hash", "tags.dataset.hash")) and "seconds" not in c]
+    assert runs[same].equals(seq_runs[same])  # every cell's params and last metric values, as sequentially
+    for cell, row in runs.iterrows():
+        assert row["run_id"] == _final(repo, cell)["run_id"] and row["status"] == "FINISHED"
+        assert row["metrics.test_proto_acc"] == _final(repo, cell)["test_proto_acc"]
+        assert row["artifact_uri"].startswith((repo / "mlartifacts").as_uri())
+    assert not list((repo / ".dvc").rglob("mlflow.db"))
+    # Each cell is a DVC experiment: `dvc exp show` compares them, `dvc exp apply` restores one.
+    shown = _run([BIN / "dvc", "exp", "show", "--json"], repo).stdout
+    assert all(name in shown for name in names.values())
+    again = _run([BIN / "skulab", "grid", "--jobs", "2"], repo)
+    assert "every recognizer cell is up to date" in again.stdout
+    assert "Running stage" not in _run([BIN / "dvc", "repro", "train_recognizer"], repo).stdout
+
+
+def test_grid_refuses_stale_upstream_stages_and_bad_jobs_in_one_line(fresh, tmp_path):
+    repo = _copy(fresh, tmp_path / "stale")
+    result = _run([BIN / "skulab", "grid"], repo, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: dvc status: crop, prepare not up to date") and "dvc repro crop prepare" in result.stderr
+    result = _run([BIN / "skulab", "grid", "--jobs", "0"], repo, check=False)
+    assert (result.returncode, result.stderr) == (2, "error: --jobs: must be at least 1, got 0\n")
+    result = _run([BIN / "skulab", "grid", "baseline-*", "tripplet-*"], repo, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: cell pattern 'tripplet-*' matches no recognizer cell; params.yaml has baseline-0, baseline-1, triplet-0")
+
+
+# --- 2. several stage processes writing to the SQLite store at once -------------------------------
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import mlflow
+    from skulab.tracking import stage_run
+    worker, steps, start = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    artifact = Path(f"artifact{worker}.txt")
+    artifact.write_text(f"worker {worker}")
+    while time.time() < start:  # every writer starts its run at the same moment
+        time.sleep(0.005)
+    with stage_run(f"train_recognizer@writer-{worker}", "skulab", {"worker": worker, "lr": 0.1}, "ab" * 32) as run:
+        for step in range(steps):
+            mlflow.log_metric("loss", worker + step / 1000, step=step)
+            mlflow.log_param(f"p{step}", step)
+            if step % 10 == 0:
+                mlflow.log_artifact(str(artifact), artifact_path=f"step{step}")
+        mlflow.log_metrics({"a": 1.0, "b": 2.0}, step=steps)
+    print(run.info.run_id)
+""")
+
+
+def test_concurrent_writers_lose_nothing_on_the_sqlite_store(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    steps, writers = 60, 4
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    start = time.time() + 25  # after every process has imported mlflow
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(w), str(steps), str(start)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for w in range(writers)
+    ]
+    outputs = [proc.communicate(timeout=400) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert "database is locked" not in err and "Traceback" not in err, err[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ids = [out.strip().splitlines()[-1] for out, _ in outputs]
+    assert len(set(run_ids)) == writers
+    for worker, run_id in enumerate(run_ids):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["dvc.stage"] == f"train_recognizer@writer-{worker}"
+        assert len(run.data.params) == steps + 2  # worker, lr and every p<step>
+        history = client.get_metric_history(run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(steps))
+        assert all(m.value == pytest.approx(worker + m.step / 1000) for m in history)
+        assert run.data.metrics["a"] == 1.0 and run.data.metrics["b"] == 2.0
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        assert artifacts == {f"step{step}" for step in range(0, steps, 10)}
+        assert (Path(run.info.artifact_uri.removeprefix("file://")) / "step50" / f"artifact{worker}.txt").read_text() == f"worker {worker}"
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.digest == ("ab" * 32)[:12]
+
+
+# --- 3. a PostgreSQL-backed tracking server ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.5)
+
+
+def _cluster_online() -> bool:
+    lines = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines()
+    return bool(lines) and lines[0].split()[3] == "online"
+
+
+def _as_postgres(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args), capture_output=True, text=True)
+
+
+@pytest.mark.timeout(1200)
+def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
+    if shutil.which("pg_lsclusters") is None:
+        pytest.fail("PostgreSQL is not installed, and the tracking server test needs it: apt-get install postgresql "
+                    "(.ci/run installs it)")
+    repo = _copy(fresh, tmp_path / "served")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["recognizer"]["variants"] = {"baseline": {}}  # 2 cells are enough here
+    write_params(repo / "params.yaml", params)
+    port, database = _free_port(), f"skulab_test_{os.getpid()}"
+    was_online = _cluster_online()
+    env = _env(REPO, SKULAB_SERVER_PORT=str(port), SKULAB_PG_DB=database, SKULAB_ARTIFACTS=str(tmp_path / "served-artifacts"),
+               SKULAB_SERVER_WORKERS="1", MLFLOW=str(BIN / "mlflow"))
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(["bash", REPO / "scripts/tracking_server.sh"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server not up:\n" + (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1)
+        assert f"export MLFLOW_TRACKING_URI={uri}" in (tmp_path / "server.log").read_text()
+        # The only change: MLFLOW_TRACKING_URI.
+        ran = _run([BIN / "dvc", "repro"], repo, MLFLOW_TRACKING_URI=uri).stdout
+        stages = ["prepare", "crop", "train_recognizer@baseline-0", "train_recognizer@baseline-1"]
+        assert set(re.findall(r"Running stage '([^']+)'", ran)) == set(stages)
+        assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
+        mlflow.set_tracking_uri(uri)
+        runs = mlflow.search_runs(experiment_names=["skulab"])
+        assert sorted(runs["tags.dvc.stage"]) == sorted(stages)
+        client = MlflowClient(uri)
+        for _, row in runs.iterrows():
+            assert row["artifact_uri"].startswith("mlflow-artifacts:/"), row["artifact_uri"]
+        cell = runs[runs["tags.dvc.stage"] == "train_recognizer@baseline-0"].iloc[0]
+        assert cell["run_id"] == _final(repo, "train_recognizer@baseline-0")["run_id"]
+        assert len(client.get_metric_history(cell["run_id"], "val_proto_acc")) == SCALE["recognizer"]["base"]["epochs"]
+        served = [a.path for a in client.list_artifacts(cell["run_id"])]
+        assert served and list((tmp_path / "served-artifacts").rglob(f"{cell['run_id']}/artifacts/*"))
+        # The model registry as the package stage uses it: log a pyfunc model, load it, register it, move an alias.
+        code = textwrap.dedent("""
+            import mlflow, pandas
+            from skulab.tracking import stage_run
+            class Echo(mlflow.pyfunc.PythonModel):
+                def predict(self, context, model_input, params=None):
+                    return list(model_input["x"] * 2)
+            with stage_run("package", "skulab", {"model": "echo"}, None) as run:
+                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+                assert mlflow.pyfunc.load_model(info.model_uri).predict(pandas.DataFrame({"x": [1, 2]})) == [2, 4]
+                version = mlflow.register_model(info.model_uri, "skulab-scale").version
+                mlflow.MlflowClient().set_registered_model_alias("skulab-scale", "champion", version)
+            print(version)
+        """)
+        version = _run([BIN / "python", "-c", code], repo, MLFLOW_TRACKING_URI=uri).stdout.strip().splitlines()[-1]
+        assert client.get_model_version_by_alias("skulab-scale", "champion").version == version
+        model = mlflow.pyfunc.load_model("models:/skulab-scale@champion")
+        import pandas as pd
+
+        assert model.predict(pd.DataFrame({"x": [3]})) == [6]
+    finally:
+        _stop_group(server)
+        log.close()
+        _as_postgres("psql", "-X", "-q", "-c", f"DROP DATABASE IF EXISTS {database}")
+        if not was_online:  # leave PostgreSQL as the test found it
+            version, cluster = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.split()[:2]
+            subprocess.run(["pg_ctlcluster", version, cluster, "stop"], capture_output=True)
+
+
+# --- 4. a DVC remote: a fresh clone pulls every cell instead of training it -----------------------
+
+
+def test_a_fresh_clone_pulls_the_cells_and_trains_nothing(sequential, tmp_path):
+    seq_repo, _ = sequential
+    source = _copy(seq_repo, tmp_path / "source")
+    remote = tmp_path / "remote"
+    _run([BIN / "dvc", "remote", "add", "-d", "store", remote], source)
+    _git_commit(source, "remote")
+    pushed = _run([BIN / "dvc", "push", "--run-cache"], source)
+    assert remote.is_dir() and any(remote.rglob("*")), pushed.stdout
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", source, clone], tmp_path)
+    assert not (clone / "models/recognizer/baseline-0").exists()
+    _run([BIN / "dvc", "pull", "--run-cache"], clone)
+    models = sorted(clone.glob("models/recognizer/*/best.pt"))
+    assert [p.parent.name for p in models] == sorted(cell.split("@")[1] for cell in CELLS)
+    before = {p: p.stat().st_mtime_ns for p in models}
+    repro = _run([BIN / "dvc", "repro"], clone)
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert "up to date" in _run([BIN / "dvc", "status"], clone).stdout
+    assert {p: p.stat().st_mtime_ns for p in models} == before  # no cell touched its checkpoints
+    assert not (clone / "mlflow.db").exists()  # no stage opened an MLflow run
+    for path in models:
+        assert path.read_bytes() == (seq_repo / path.relative_to(clone)).read_bytes()
