@@ -180,6 +180,28 @@ def test_grid_refuses_stale_upstream_stages_and_bad_jobs_in_one_line(fresh, tmp_
     assert result.stderr.startswith("error: cell pattern 'tripplet-*' matches no recognizer cell; params.yaml has baseline-0, baseline-1, triplet-0")
 
 
+def test_a_stage_in_a_queued_copy_logs_to_the_checkout_that_queued_it(tmp_path, monkeypatch):
+    from skulab import tracking
+
+    checkout, copy = tmp_path / "checkout", tmp_path / "checkout/.dvc/tmp/exps/tmpabc"
+    copy.mkdir(parents=True)
+    for root in (checkout, copy):
+        (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"  # plain dvc repro / a stage by hand
+    monkeypatch.setenv("DVC_ROOT", str(checkout))  # what DVC's queue sets for a queued experiment's stages
+    assert tracking.tracking_uri() == f"sqlite:///{checkout / 'mlflow.db'}" and tracking.repo_root() == copy
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/store.db")  # relative: from the checkout, not the copy
+    assert tracking.tracking_uri() == f"sqlite:///{checkout / 'runs/store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000" and tracking.is_tracking_server(tracking.tracking_uri())
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "nowhere"))  # not a DVC repo: ignored
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"
+
+
 # --- 2. several stage processes writing to the SQLite store at once -------------------------------
 
 WRITER = textwrap.dedent("""

@@ -54,13 +54,21 @@ def _bin_env() -> dict[str, str]:
     return env
 
 
-def _dvc(root: Path, *args: str, capture: bool = True) -> str:
+def _dvc(root: Path, *args: str) -> str:
+    """Run dvc in `root`; its stdout. Output goes through a file, not a pipe: `dvc queue start` leaves
+    workers running that inherit it, and a pipe would only close when they exit."""
+    import tempfile
+
     command = ["dvc", *args]
-    result = subprocess.run(command, cwd=root, env=_bin_env(), capture_output=capture, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout or "").strip().splitlines() if capture else []
-        raise SkulabError(f"`{' '.join(command)}` failed in {root}: {detail[-1] if detail else f'exit code {result.returncode}'}")
-    return result.stdout if capture else ""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(command, cwd=root, env=_bin_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL).returncode
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        detail = (stderr or stdout).strip().splitlines()
+        raise SkulabError(f"`{' '.join(command)}` failed in {root}: {detail[-1] if detail else f'exit code {code}'}")
+    return stdout
 
 
 def _git(root: Path, *args: str) -> bytes:

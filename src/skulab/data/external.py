@@ -40,7 +40,7 @@ class Checked:
     items: list[Item]
     classes: list[str]
     sizes: dict[int, tuple[int, int]]  # id(item) -> (width, height) of the imported (upright) image
-    files: dict[int, Path] = field(default_factory=dict)  # id(item) -> its imported file, staged in the output
+    turned: dict[int, Path] = field(default_factory=dict)  # id(item) -> its upright file, staged in the output
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -95,16 +95,13 @@ def decode_image(path: Path) -> Decoded:
         image.close()
 
 
-def stage_image(source: Path, decoded: Decoded, stage: Path, stem: str) -> Path:
-    """Put the file to import in `stage` as `stem` + suffix: the source's bytes, copied, when the image
-    needs no turning; else the upright image, encoded once (JPEG quality 95, other formats as PNG) with
-    its orientation tag removed, so that every reader (Pillow, OpenCV) sees the same pixels."""
+def stage_upright(source: Path, decoded: Decoded, stage: Path, stem: str) -> Path:
+    """Write the upright image of a photo that its EXIF orientation turns to `stage` as `stem` + suffix,
+    encoded once (JPEG quality 95; other formats as PNG) without the orientation tag, so that every
+    reader (Pillow, OpenCV) sees the same pixels. (An image that needs no turning is imported by
+    copying its bytes.)"""
     stage.mkdir(parents=True, exist_ok=True)
     upright = decoded.upright
-    if upright is None:
-        target = stage / f"{stem}{source.suffix.lower()}"
-        shutil.copyfile(source, target)
-        return target
     extra = {key: upright.info[key] for key in ("exif", "icc_profile") if upright.info.get(key)}
     if decoded.format in JPEG_FORMATS:
         target = stage / f"{stem}{source.suffix.lower()}"
@@ -143,12 +140,12 @@ def _left_out_note(item: Item) -> str:
 def check_items(data: SourceData, params: ExternalParams, stage: Path) -> Checked:
     """Image, box, class and duplicate checks on every item; bad parts are left out and recorded.
 
-    Each image is opened and decoded once (`decode_image`), one at a time; a kept item's file to
-    import is written to `stage` (a folder inside the output being written) right away, so that
-    nothing reads or decodes the image again.
+    Each image is opened and decoded once (`decode_image`), one at a time. A kept image that its
+    EXIF orientation turns is written upright to `stage` (a folder inside the output being written)
+    right away, so that nothing decodes it again; the others are copied byte for byte when written.
     """
     problems = list(data.problems)
-    kept, sizes, files, seen = [], {}, {}, {}
+    kept, sizes, turned, seen = [], {}, {}, {}
     for index, item in enumerate(data.items):
         decoded = None  # the previous item's decoded image is released before the next decode
         key = item.path.resolve()
@@ -182,7 +179,8 @@ def check_items(data: SourceData, params: ExternalParams, stage: Path) -> Checke
             problems.append(Problem("no_annotations", item.where, f"image {item.path.name} has no (valid) annotations{_left_out_note(item)}"))
             continue
         sizes[id(item)] = (width, height)
-        files[id(item)] = stage_image(item.path, decoded, stage, f"{index:06d}")
+        if decoded.upright is not None:
+            turned[id(item)] = stage_upright(item.path, decoded, stage, f"{index:06d}")
         kept.append(item)
     used = Counter(box.class_name for item in kept for box in item.boxes)
     classes = []
@@ -191,7 +189,7 @@ def check_items(data: SourceData, params: ExternalParams, stage: Path) -> Checke
             classes.append(name)
         else:
             problems.append(Problem("empty_class", f"class '{name}'", f"class '{name}' has no annotations"))
-    return Checked(kept, classes, sizes, files, problems)
+    return Checked(kept, classes, sizes, turned, problems)
 
 
 def assign_splits(items: list[Item], ratios: dict[str, float], seed: int) -> None:
@@ -306,14 +304,14 @@ def count_left_out(items: list[Item]) -> dict[str, dict[str, int]]:
     return {split: {kind: sum(item.left_out[kind] for item in items if item.split == split) for kind in LEFT_OUT} for split in SPLITS}
 
 
-STAGE = ".staged"  # under the output being written: each kept image's file, until its split and name are known
+STAGE = ".turned"  # under the output being written: the upright images, until their split and name are known
 
 
 def import_external(source: str, params: ExternalParams, seed: int, root: Path) -> dict:
     """Validate the whole source, then write the internal layout to `root`; return the report.
 
     `root` is the output being written (prepare moves it into place only when everything passed), so
-    the images staged while checking are never seen in a failed or interrupted import.
+    the upright images staged while checking are never seen in a failed or interrupted import.
     """
     data = read_source(source, params)
     declared = {item.split for item in data.items}
@@ -336,10 +334,13 @@ def import_external(source: str, params: ExternalParams, seed: int, root: Path) 
         images, annotations = [], []
         for item in (it for it in checked.items if it.split == split):
             width, height = checked.sizes[id(item)]
-            staged = checked.files[id(item)]
-            file_name = f"{split}/{len(images) + 1:06d}{staged.suffix}"
+            staged = checked.turned.get(id(item))
+            file_name = f"{split}/{len(images) + 1:06d}{staged.suffix if staged else item.path.suffix.lower()}"
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
-            os.replace(staged, root / "images" / file_name)
+            if staged:
+                os.replace(staged, root / "images" / file_name)
+            else:
+                shutil.copyfile(item.path, root / "images" / file_name)
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "original_file": item.where})
             for box in item.boxes:
@@ -350,6 +351,6 @@ def import_external(source: str, params: ExternalParams, seed: int, root: Path) 
                 )
         write_json_atomic(annotations_file(root, split), coco_dict(images, annotations, categories))
     if stage.exists():
-        shutil.rmtree(stage)  # what is left: the images of items dropped after the checks
+        shutil.rmtree(stage)  # what is left: the upright images of items dropped after the checks
     report["task"] = "detection" if data.has_boxes else "classification"
     return report
