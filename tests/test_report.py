@@ -72,7 +72,7 @@ def committed(tmp_path_factory) -> Path:
     """A repo-shaped folder holding the committed metrics and a tiny shelf around them."""
     root = tmp_path_factory.mktemp("evaluate")
     for kind in ("recognizer", "detector"):
-        for cell in sorted((REPO / "metrics" / kind).iterdir()):
+        for cell in sorted(p for p in (REPO / "metrics" / kind).iterdir() if p.is_dir()):
             (root / "metrics" / kind / cell.name).mkdir(parents=True)
             for name in ("final.json", "cell.json", "history.csv"):
                 if (cell / name).is_file():
@@ -98,7 +98,7 @@ def staged(committed) -> Path:
     variants = _cells(committed)
     params["recognizer"]["variants"] = {v: params["recognizer"]["variants"].get(v, {}) for v in sorted(variants)}
     params["recognizer"]["seeds"] = sorted({s for seeds in variants.values() for s in seeds})
-    params["detector"]["variants"] = {d.name: params["detector"]["variants"][d.name] for d in sorted((committed / "metrics/detector").iterdir())}
+    params["detector"]["variants"] = {d.name: params["detector"]["variants"][d.name] for d in sorted((committed / "metrics/detector").iterdir()) if d.is_dir()}
     write_params(committed / "params.yaml", params)
     shutil.copy(REPO / "dvc.yaml", committed / "dvc.yaml")  # marks the repo root for the MLflow store
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
