@@ -107,3 +107,11 @@ def hash_files(root: str | Path, exclude: tuple[str, ...] = ()) -> str:
         digest.update(rel.encode() + b"\0")
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def params_hash(obj: Any) -> str:
+    """A short stable hash of params (pydantic models or plain data), for tags and resume checks."""
+    if hasattr(obj, "model_dump"):  # a pydantic model
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -5,7 +5,6 @@ silent fallback. Each stage validates the sections it reads; `skulab check` vali
 """
 
 import json
-import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -550,24 +549,3 @@ def load_params(path: str | Path = PARAMS_FILE, sections: tuple[str, ...] | None
     if "evaluate" in values and "recognizer" in values:
         _check_baseline(values["evaluate"], values["recognizer"], path)
     return Params.model_construct(**values)
-
-
-def params_hash(obj: Any) -> str:
-    """A short stable hash of params (pydantic models or plain data), for tags and resume checks."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump(mode="json")
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as values (MLflow params are flat)."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump(mode="json")
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    flat = {}
-    for key, value in obj.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
-    return flat

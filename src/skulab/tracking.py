@@ -29,9 +29,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
 from skulab.errors import SkulabError
-from skulab.io import read_json
+from skulab.io import params_hash, read_json
 from skulab.layout import PREPARED, card_file
-from skulab.params import flatten, params_hash
 
 # The experiment's kind: model training, not a GenAI app. MLflow 3.17's UI does not read this tag to
 # pick its view: its GenAI / Model training switch does (per browser, GenAI by default), so the runs
@@ -39,6 +38,19 @@ from skulab.params import flatten, params_hash
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DIGEST_CHARS = 12  # MLflow keeps at most 36 characters of a dataset digest; the run tags keep the full hash
 
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as values (MLflow params are flat)."""
+    if hasattr(obj, "model_dump"):  # a pydantic model
+        obj = obj.model_dump(mode="json")
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    flat = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return flat
 
 def repo_root() -> Path:
     """The folder holding dvc.yaml: from the working directory up, else this checkout."""

@@ -34,9 +34,9 @@ from skulab.detection.compat import trust_checkpoints_under
 from skulab.detection import metric  # noqa: F401  (registers ZeroIfEmptyCocoMetric)
 from skulab.detection.config import SELECT_METRIC, build_config
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, read_json, write_csv_atomic, write_json_atomic, write_text_atomic
+from skulab.io import atomic_path, params_hash, read_json, write_csv_atomic, write_json_atomic, write_text_atomic
 from skulab.layout import SPLITS
-from skulab.params import DetectorConfig, params_hash
+from skulab.params import DetectorConfig
 from skulab.plots import DETECTOR_SCORES, plot_history
 from skulab.rng import global_rng_state, set_global_rng_state
 

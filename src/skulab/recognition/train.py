@@ -25,8 +25,8 @@ from tqdm import tqdm
 from skulab.distributed import SINGLE, Ranks
 from skulab.errors import SkulabError
 from skulab.layout import GT_TEST
-from skulab.io import atomic_path, hash_files, read_json, write_csv_atomic, write_json_atomic
-from skulab.params import RecognizerConfig, params_hash
+from skulab.io import atomic_path, params_hash, hash_files, read_json, write_csv_atomic, write_json_atomic
+from skulab.params import RecognizerConfig
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform, train_transform
 from skulab.recognition.data import CropSet, TransformedCrops, load_split
