@@ -37,7 +37,7 @@ from skulab.io import write_json_atomic, write_text_atomic  # noqa: E402
 from skulab.layout import PREPARED  # noqa: E402
 from skulab.params import CropParams  # noqa: E402
 from skulab.recognition.augment import train_transform  # noqa: E402
-from skulab.recognition.data import CropSet, TransformedCrops, load_split  # noqa: E402
+from skulab.recognition.data import CropSet, TransformedCrops, load_crops  # noqa: E402
 from skulab.recognition.head import Recognizer  # noqa: E402
 
 OLD_COMMIT = "6efe9a8"  # the last commit with one PNG per crop
@@ -108,7 +108,7 @@ def main() -> None:
             label = "store_1_process" if workers == 1 else f"store_{os.cpu_count()}_processes"
             results[label] = {"cut_s": round(seconds, 2), "crops_per_s": round(crops / seconds, 1)}
 
-        mapped = load_split(tmp / "new0", "train")
+        mapped = load_crops(tmp / "new0", "train")
         in_ram = CropSet(mapped.images.clone(), mapped.labels, mapped.class_names, mapped.crops)
         times = {"ram": [], "memmap": []}
         one_epoch(in_ram, 0)  # warm-up: page cache, allocator, threads

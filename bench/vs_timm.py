@@ -13,7 +13,7 @@ ground-truth test crops (`test_gt`; val when the crops have none) and on the det
 - skulab: a real cell, `skulab.recognition.train.CellTrainer.fit`, with `augment: timm` and
   `loss: {ce_label_smoothing: 1.0}` (its embedding -> BNNeck -> classifier head, its eval transform).
 
-Both read the crops through `skulab.recognition.data.load_split` (the timm path turns them into PIL
+Both read the crops through `skulab.recognition.data.load_crops` (the timm path turns them into PIL
 images once, so neither pays for decoding), use the DataLoader in the main process (no workers,
 as a cell does), the same seed and the same torch threads (`--threads`), and each runs in a fresh
 process, one after the other (`--rounds N`: N times each, in alternating order). Epoch time is the
@@ -55,7 +55,7 @@ from skulab.layout import GT_TEST  # noqa: E402
 from skulab.params import RecognizerConfig, load_params  # noqa: E402
 from skulab.recognition import augment  # noqa: E402
 from skulab.recognition.backbones import BACKBONES  # noqa: E402
-from skulab.recognition.data import CropSet, load_split  # noqa: E402
+from skulab.recognition.data import CropSet, load_crops  # noqa: E402
 
 PATHS = ("timm", "skulab")
 # timm's recipe with one skulab part swapped in (--ablations): which part makes a difference
@@ -89,10 +89,10 @@ def _config(params_file: Path, epochs: int | None) -> RecognizerConfig:
 
 
 def _load(crops: Path, split: str, image_size: int) -> CropSet:
-    """load_split, whichever signature this checkout has (the store's size, or a storage size to resize to)."""
-    if len(inspect.signature(load_split).parameters) == 2:
-        return load_split(crops, split)
-    return load_split(crops, split, round(image_size * 1.15))
+    """load_crops, whichever signature this checkout has (the store's size, or a storage size to resize to)."""
+    if len(inspect.signature(load_crops).parameters) == 2:
+        return load_crops(crops, split)
+    return load_crops(crops, split, round(image_size * 1.15))
 
 
 def _eval_split(crops: Path) -> str:

@@ -7,17 +7,14 @@ names (or the best one by val mAP), matched to ground truth, above `crop.score_t
 
 import argparse
 
-import mlflow
-
-from skulab.crop import choose_detector, crop_dataset
+from skulab.crop import choose_detector, crop_dataset, resolve_threshold
 from skulab.data.coco import load_card
 from skulab.errors import exit_on_user_error
-from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, GT_TEST, METRICS, PREPARED, SPLITS
+from skulab.layout import CROPS, DETECTIONS, DETECTOR_METRICS, GT_TEST, PREPARED, SPLITS, THRESHOLD_FIGURE
 from skulab.params import load_params
 from skulab.plots import plot_nothing, plot_score_threshold
-from skulab.tracking import stage_run
+from skulab.tracking import MlflowLogger, stage_run
 
-THRESHOLD_FIGURE = METRICS / "crop" / "score_threshold.png"
 
 
 @exit_on_user_error
@@ -27,24 +24,26 @@ def main() -> None:
     dataset_hash = load_card(PREPARED)["hash"]
     detector = choose_detector(params.crop.detector, list(params.detector.variants), DETECTOR_METRICS)
     with stage_run("crop", params.mlflow.experiment, {"crop": params.crop}, dataset_hash):
-        mlflow.set_tag("crop.test_detector", detector or "none")
+        log = MlflowLogger()  # the run stage_run opened
+        log.set_tags({"crop.test_detector": detector or "none"})
         detections = DETECTIONS / detector / "test.bbox.json" if detector else None
-        stats = crop_dataset(PREPARED, CROPS, params.crop, dataset_hash, detector, detections)
+        resolved = resolve_threshold(PREPARED, params.crop, detections)  # the number, and the val curve it was chosen on
+        stats = crop_dataset(PREPARED, CROPS, params.crop, dataset_hash, detector, detections, resolved)
         for split in (*SPLITS, GT_TEST):
             if split in stats:
-                mlflow.log_metrics({f"{split}_{key}": value for key, value in stats[split].items()})
+                log.log_metrics({f"{split}_{key}": value for key, value in stats[split].items()})
         threshold = stats.get("score_threshold")
         if threshold:
-            mlflow.log_metrics({f"score_threshold_{k}" if k != "value" else "score_threshold": v for k, v in threshold.items() if k != "chosen_on"})
-        curve = stats.pop("score_threshold_curve")
+            log.log_metrics({f"score_threshold_{k}" if k != "value" else "score_threshold": v for k, v in threshold.items() if k != "chosen_on"})
+        curve = resolved[1]["curve"] if resolved[1] else None
         if curve:
             plot_score_threshold(curve, threshold["value"], THRESHOLD_FIGURE, f"val detections of {detector}: threshold {threshold['value']:.3f}, F1 {threshold['val_f1']:.3f}")
-            mlflow.log_artifact(str(THRESHOLD_FIGURE), artifact_path="crops")
+            log.log_artifact(str(THRESHOLD_FIGURE), artifact_path="crops")
         else:
             why = "crop.score_threshold is a number" if detector else "no detector: test crops are ground-truth boxes"
             plot_nothing(THRESHOLD_FIGURE, f"no score-threshold curve ({why})")
-        mlflow.log_artifact(str(CROPS / "manifest.csv"), artifact_path="crops")
-        mlflow.log_artifact(str(CROPS / "stats.json"), artifact_path="crops")
+        log.log_artifact(str(CROPS / "manifest.csv"), artifact_path="crops")
+        log.log_artifact(str(CROPS / "stats.json"), artifact_path="crops")
         print(f"crop: {stats['store']['ram_estimate']} in {CROPS}", flush=True)
 
 

@@ -2,22 +2,17 @@
 beside it) and metrics/summary.{json,md}, ranked on val, compared with the baseline seed by seed."""
 
 import argparse
-from pathlib import Path
-
-import mlflow
 
 from skulab.errors import exit_on_user_error
 from skulab.io import write_json_atomic, write_text_atomic
-from skulab.layout import CROPS, DETECTOR_METRICS, METRICS, PREPARED, RECOGNIZER_METRICS
+from skulab.layout import CROPS, DETECTOR_METRICS, PREPARED, RECOGNIZER_METRICS, REPORT_MD, REPORTS, SUMMARY_JSON, SUMMARY_MD
 from skulab.params import load_params
 from skulab.report import render_summary, write_report
 from skulab.summary import (
-    TEST_METRICS, add_detector_convergence, add_shelf, class_names, confusion_of, load_cells, load_detector_histories, load_detectors,
+    DETECTOR_RANK_BY, TEST_METRICS, add_detector_convergence, add_shelf, class_names, confusion_of, load_cells, load_detector_histories, load_detectors,
     load_histories, shelf_per_cell, summarize,
 )
-from skulab.tracking import stage_run
-
-REPORTS = Path("reports")
+from skulab.tracking import MlflowLogger, stage_run
 
 
 def headline_metrics(summary: dict) -> dict[str, float]:
@@ -38,7 +33,7 @@ def headline_metrics(summary: dict) -> dict[str, float]:
     best = summary["variants"][summary["best_variant"]]
     metrics.update({f"best.{m}": best[m]["mean"] for m in (rank_by, summary["reported"]) if m in best})
     for name, entry in summary["detectors"].items():
-        metrics.update({f"detector.{name}.{m}": entry[m] for m in ("val_bbox_mAP", "test_bbox_mAP") if m in entry})
+        metrics.update({f"detector.{name}.{m}": entry[m] for m in (DETECTOR_RANK_BY, "test_bbox_mAP") if m in entry})
     return metrics
 
 
@@ -61,16 +56,17 @@ def main() -> None:
     dataset_hash = next(iter(next(iter(cells.values())).values()))["dataset_hash"]
     read = {"evaluate": settings, "recognizer.seeds": seeds, "recognizer.variant_names": list(cells), "detector.variant_names": detector_names}
     with stage_run("evaluate", params.mlflow.experiment, read, dataset_hash):
+        log = MlflowLogger()  # the run stage_run opened
         files = write_report(summary, cells, histories, detector_histories, confusion, REPORTS)
-        write_json_atomic(METRICS / "summary.json", summary)
-        write_text_atomic(METRICS / "summary.md", render_summary(summary))
+        write_json_atomic(SUMMARY_JSON, summary)
+        write_text_atomic(SUMMARY_MD, render_summary(summary))
         for path in files:
-            mlflow.log_artifact(str(path), artifact_path="report")
-        for path in (METRICS / "summary.json", METRICS / "summary.md"):
-            mlflow.log_artifact(str(path), artifact_path="summary")
-        mlflow.log_metrics(headline_metrics(summary))
-        mlflow.set_tag("best_variant", summary["best_variant"])
-        print(f"best variant by {summary['rank_by']} (val): {summary['best_variant']}; report: {REPORTS / 'report.md'}")
+            log.log_artifact(str(path), artifact_path="report")
+        for path in (SUMMARY_JSON, SUMMARY_MD):
+            log.log_artifact(str(path), artifact_path="summary")
+        log.log_metrics(headline_metrics(summary))
+        log.set_tags({"best_variant": summary["best_variant"]})
+        print(f"best variant by {summary['rank_by']} (val): {summary['best_variant']}; report: {REPORT_MD}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from skulab.crop import choose_detector, crop_dataset
 from skulab.data.coco import load_card, load_split
 from skulab.errors import SkulabError
-from skulab.recognition.data import load_split as load_crops
+from skulab.recognition.data import load_crops
 from skulab.recognition.evaluation import end_to_end
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ from PIL import Image
 
 from conftest import deep_merge
 from skulab.crop import crop_dataset, padded_box
-from skulab.data.prepare import prepare
+from skulab.data.coco import load_split
+from skulab.data.prepare import CONTACT_WIDTH, contact_sheet_images, prepare
 from skulab.data.synthetic import make_skus
 from skulab.io import hash_files
 from skulab.params import PrepareParams
+from skulab.plots import plot_contact_sheet
 
 
 def test_same_seed_is_byte_identical_and_other_seed_differs(tiny_params, tmp_path):
@@ -41,6 +44,22 @@ def test_card_counts_match_annotations(tiny_params, tiny_crops):
     assert Image.open(prepared / "contact_sheet.png").size[0] > 0
     assert "| train |" in (prepared / "card.md").read_text()
 
+
+
+def test_contact_sheet_is_prepare_reading_and_plots_drawing(tiny_crops, tmp_path):
+    """prepare reads the first images and their boxes one at a time; plots.py draws and tiles them."""
+    prepared = tiny_crops.parent / "prepared"
+    images = contact_sheet_images(prepared, count=4)
+    assert isinstance(images, Iterator)  # lazy: one full-size image held at a time
+    items = list(images)
+    coco = load_split(prepared, "train")
+    expected = [sorted(a["category_id"] for a in coco["annotations"] if a["image_id"] == info["id"]) for info in coco["images"][:4]]
+    assert [sorted(box[4] for box in boxes) for _, boxes in items] == expected
+    plot_contact_sheet(items, tmp_path / "sheet.png", 64)
+    width, height = Image.open(tmp_path / "sheet.png").size
+    assert width <= 3 * 64 and height <= 2 * 64 and max(i.width for i, _ in items) <= 64  # 3 a row, each shrunk
+    plot_contact_sheet(contact_sheet_images(prepared), tmp_path / "again.png", CONTACT_WIDTH)
+    assert (tmp_path / "again.png").read_bytes() == (prepared / "contact_sheet.png").read_bytes()
 
 def test_lookalike_groups_share_shape_and_palette_but_not_label():
     skus = make_skus(23, 2, seed=0)

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from skulab.data.synthetic import SceneConfig, make_skus, render_scene, render_sku
 from skulab.detection.config import build_config
-from skulab.detection.train import detector_annotations
+from skulab.data.coco import detector_annotations
 from test_detection import detector_config
 
 CONFIGS = ["faster_rcnn", "cascade_rcnn", "retinanet", "fcos", "atss"]

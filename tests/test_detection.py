@@ -16,11 +16,13 @@ from mmengine.hooks import CheckpointHook
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
 from skulab.detection.config import build_config
 from skulab.detection.metric import ZeroIfEmptyCocoMetric
-from skulab.detection.train import DetectorCell, detector_annotations
+from skulab.data.coco import detector_annotations
+from skulab.detection.train import DetectorCell
 from skulab.errors import SkulabError
 from skulab.io import read_json
 from skulab.matching import iou_matrix, match
 from skulab.params import DetectorConfig, load_params
+from skulab.tracking import MlflowLogger, RecordingLogger
 
 
 def detector_config(**overrides) -> DetectorConfig:
@@ -140,14 +142,34 @@ def test_a_split_without_boxes_is_an_error(tiny_prepared, tmp_path):
 # --- a tiny training run --------------------------------------------------------------------------
 
 
-def _train(tiny_prepared, root, stop_after=None):
+class RecordingMlflowLogger(RecordingLogger):
+    """Logs to the active MLflow run, as the stage's logger does, and keeps every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlflow = MlflowLogger()
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics(metrics, step)
+        self.mlflow.log_metrics(metrics, step)
+
+    def log_metric(self, key, value, step=None):
+        super().log_metric(key, value, step)
+        self.mlflow.log_metric(key, value, step)
+
+    def log_artifact(self, path, artifact_path=None):
+        super().log_artifact(path, artifact_path)
+        self.mlflow.log_artifact(path, artifact_path)
+
+
+def _train(tiny_prepared, root, stop_after=None, logger=None):
     """One detector cell under `root`, as the stage runs it (state, run id and resume included)."""
     cell = DetectorCell("faster_rcnn", detector_config(), REPO, tiny_prepared, root / "model", root / "metrics", root / "detections", "hash")
     state = cell.resumable()
     cfg = cell.prepare_work_dir(resume=state is not None)
     run_id = state["run_id"] if state else None
     with mlflow.start_run(run_id=run_id) as run:
-        return cell.fit(cfg, run.info.run_id, state, stop_after), cell
+        return cell.fit(cfg, run.info.run_id, state, stop_after, logger=logger or MlflowLogger()), cell
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +181,13 @@ def trained(tiny_prepared, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         out, err = io.StringIO(), io.StringIO()
+        logger = RecordingMlflowLogger()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # what a terminal would show
-            full, _ = _train(tiny_prepared, root / "full")
+            full, _ = _train(tiny_prepared, root / "full", logger=logger)
         stopped, cell = _train(tiny_prepared, root / "split", stop_after=1)
         interrupted = {"stopped": stopped, "state": read_json(cell.state_path), "files": sorted(p.name for p in cell.model_dir.iterdir())}
         resumed, _ = _train(tiny_prepared, root / "split")
-        yield {"root": root, "full": full, "resumed": resumed, "interrupted": interrupted, "uri": uri, "terminal": (out.getvalue(), err.getvalue())}
+        yield {"root": root, "full": full, "resumed": resumed, "interrupted": interrupted, "uri": uri, "terminal": (out.getvalue(), err.getvalue()), "logged": logger.calls}
 
 
 def test_training_writes_checkpoints_metrics_and_detections(trained):
@@ -234,6 +257,21 @@ def test_training_logs_to_the_stage_run(trained):
     assert not any(key.startswith("model.") for key in run.data.params)  # no config dump as params
     artifacts = {a.path for a in client.list_artifacts(final["run_id"], "checkpoints")}
     assert artifacts == {"checkpoints/best.pth", "checkpoints/last.pth"}
+
+
+def test_training_hands_its_logger_epochs_test_metrics_and_files(trained):
+    """What the training code logged, in order: each epoch's row at its step, the test metrics and best epoch, the files."""
+    root, final, calls = trained["root"] / "full", trained["full"], trained["logged"]
+    assert [call[0] for call in calls] == ["metrics"] * 4 + ["artifact"] * 8
+    history = (root / "metrics" / "history.csv").read_text().splitlines()
+    assert [step for _, _, step in calls[:2]] == [1, 2] and all(list(metrics) == history[0].split(",")[1:] for _, metrics, _ in calls[:2])
+    assert calls[2] == ("metrics", {k: v for k, v in final.items() if k.startswith("test_")}, None)
+    assert calls[3] == ("metrics", {"best_epoch": final["best_epoch"]}, None)
+    artifacts = [(at, path.rsplit("/", 1)[1]) for _, path, at in calls[4:]]
+    assert artifacts == [
+        ("metrics", "final.json"), ("metrics", "history.csv"), ("metrics", "curves.png"), ("config", "config.py"),
+        ("detections", "test.bbox.json"), ("detections", "val.bbox.json"), ("checkpoints", "best.pth"), ("checkpoints", "last.pth"),
+    ]
 
 
 def test_an_interrupted_run_resumes_in_the_same_mlflow_run(trained):

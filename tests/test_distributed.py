@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from conftest import REPO, TINY, config, deep_merge, repo_params, write_params
 from skulab import distributed
 from skulab.detection.config import build_config
-from skulab.detection.train import detector_annotations
+from skulab.data.coco import detector_annotations
 from skulab.errors import SkulabError
 from skulab.params import DetectorConfig, RecognizerConfig
-from skulab.recognition.data import load_split
+from skulab.recognition.data import load_crops
 from skulab.recognition.head import Recognizer
 from skulab.recognition.sampler import DistributedPKSampler, DistributedShuffleSampler, pk_sampler
 from skulab.recognition.train import CellTrainer
@@ -140,7 +140,7 @@ def test_world_size_1_is_the_single_process_path(tiny_params, tiny_crops, monkey
     with distributed.process_group(1, "cpu") as ranks:
         assert ranks is distributed.SINGLE and ranks.main and not ranks.enabled
         assert not torch.distributed.is_initialized()
-    train = load_split(tiny_crops, "train")
+    train = load_crops(tiny_crops, "train")
     for cfg in (config(tiny_params), config(tiny_params, loss={"ce": 1.0, "triplet": 1.0})):
         trainer = CellTrainer(cfg, 0, tiny_crops, Path("unused"), Path("unused"))
         assert trainer.ranks is distributed.SINGLE

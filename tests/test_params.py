@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, deep_merge, repo_params, write_params
+from skulab import axes
 from skulab.errors import SkulabError
 from skulab.params import RecognizerConfig, load_params
-from skulab.recognition.losses import LOSSES
-from skulab.recognition.optimizers import OPTIMIZERS
-from skulab.recognition.schedules import SCHEDULES
 
 
 def test_no_detector_variants_is_a_recognition_only_study(tmp_path):
@@ -61,7 +59,7 @@ MALFORMED = [
     ({"crop": {"score_threshold": "best"}}, "crop.score_threshold: must be auto or a number in [0, 1], got 'best'"),
     ({"crop": {"score_threshold": 1.5}}, "crop.score_threshold: must be auto or a number in [0, 1], got 1.5"),
     # Crops are stored once at stored_size: a bigger image_size would train on upsampled pixels.
-    ({"recognizer": {"variants": {"big": {"image_size": 128}}}}, "crop.stored_size: 74 is smaller than recognizer variant 'big' image_size 128; set it to at least 128"),
+    ({"recognizer": {"variants": {"big": {"image_size": 128}}}}, "crop.stored_size: 74 is smaller than recognizer variant 'big' image_size 128; set it to at least 128 (round(image_size x 1.15) = 147 leaves room for the random crop)"),
     # A PK batch of one class has no negative: the triplet loss would be 0.0 on every batch.
     ({"recognizer": {"variants": {"x": {"loss": {"triplet": 1.0}, "batch_size": 4}}}}, "recognizer.variants.x: a PK batch of batch_size (4) / sampler_k (4) = 1 class has no negatives"),
     ({"recognizer": {"variants": {"x": {"betas": [0.9, 1.0]}}}}, "recognizer.variants.x.betas.1: Input should be less than 1"),
@@ -76,6 +74,9 @@ MALFORMED = [
     ({"recognizer": {"variants": {"x": {"schedule": "warmup_cosine", "milestones": [2]}}}}, "recognizer.variants.x.milestones: not read by schedule 'warmup_cosine' (read by warmup_multistep)"),
     ({"recognizer": {"variants": {"x": {"end_lr_factor": 0.1}}}}, "recognizer.variants.x.end_lr_factor: not read by schedule 'warmup_multistep' (read by warmup_cosine)"),
     ({"recognizer": {"variants": {"x": {"warmup_epochs": 0, "warmup_factor": 0.5}}}}, "recognizer.variants.x.warmup_factor: not read by schedule 'warmup_multistep' when warmup_epochs is 0"),
+    # A detector variant key only another kind of detector reads (skulab.axes.DETECTORS).
+    ({"detector": {"variants": {"r": {"config": "configs/detectors/retinanet.py", "rpn_nms_pre": 100}}}}, "detector.variants.r.rpn_nms_pre: not read by one_stage detector 'retinanet' (read by faster_rcnn, cascade_rcnn); remove it or change config"),
+    ({"detector": {"variants": {"f": {"config": "configs/detectors/fcos.py", "roi_align": "mmcv"}}}}, "detector.variants.f.roi_align: not read by one_stage detector 'fcos' (read by faster_rcnn, cascade_rcnn)"),
     # Two names for one configuration.
     ({"recognizer": {"variants": {"a": {}, "b": {"optimizer": "adam"}}}}, "recognizer.variants.b: resolves to the same configuration as variant 'a'"),
     ({"recognizer": {"variants": {"a": {"lr": 0.01}, "b": {"lr": 0.01, "loss": {"ce": 1.0, "triplet": 0.0}}}}}, "recognizer.variants.b: resolves to the same configuration as variant 'a'"),
@@ -108,10 +109,10 @@ def test_variants_that_set_only_what_their_methods_read_are_valid(tmp_path):
 
 def test_axis_records_name_config_keys():
     """The keys each optimizer, loss and schedule reads are recognizer config keys (the variant check derives from them)."""
-    for table in (OPTIMIZERS, LOSSES, SCHEDULES):
+    for table in (axes.OPTIMIZERS, axes.LOSSES, axes.SCHEDULES, axes.AUGMENTATIONS, axes.BACKBONES):
         for name, info in table.items():
             assert info.name == name and info.reads <= set(RecognizerConfig.model_fields), name
-    assert {info.decay for info in OPTIMIZERS.values()} == {"L2", "decoupled"}
+    assert {info.kind for info in axes.OPTIMIZERS.values()} == {"L2", "decoupled"}
 
 
 def test_missing_key_and_section(tmp_path):

@@ -13,7 +13,7 @@ import torchvision
 
 from conftest import REPO
 from skulab.detection.config import build_config
-from skulab.detection.train import detector_annotations
+from skulab.data.coco import detector_annotations
 from skulab.errors import SkulabError
 from test_detection import detector_config
 

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from conftest import REPO, repo_params, write_params
-from skulab.report import RECOGNIZER_CURVES, DETECTOR_CURVES, figure_names, render_report, render_summary, write_report
+from skulab.layout import DETECTOR_CURVES, RECOGNIZER_CURVES
+from skulab.report import figure_names, render_report, render_summary, write_report
 from skulab.summary import load_cells, load_histories, summarize
 
 BIN = Path(sys.executable).parent
@@ -222,7 +223,7 @@ def test_dvc_plots_overlay_every_cell(staged, tmp_path):
     shown = subprocess.run([BIN / "dvc", "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, check=True)
     data = json.loads(shown.stdout)["data"]
     for table, expected in ((RECOGNIZER_CURVES, {c.name for c in (staged / "metrics/recognizer").iterdir()}), (DETECTOR_CURVES, {d.name for d in (staged / "metrics/detector").iterdir()})):
-        (plot,) = data[f"reports/{table}"]
+        (plot,) = data[table.as_posix()]
         assert {row["cell"] for row in plot["content"]["data"]["values"]} == expected  # every cell in one chart
 
 

@@ -10,7 +10,7 @@ from skulab import stats
 from skulab.errors import SkulabError
 from skulab.params import load_params
 from skulab.summary import (
-    DETECTOR_METRICS, axis_groups, axis_of, differing_keys, load_cells, load_detectors, load_histories, summarize,
+    DETECTOR_COLUMNS, axis_groups, axis_of, differing_keys, load_cells, load_detectors, load_histories, summarize,
 )
 
 OVERRIDES = {"fast": {"lr": 0.1}, "metric": {"loss": {"triplet": 1.0}}, "stale": {"lr": 0.5}}
@@ -159,7 +159,8 @@ def test_axes_group_variants_by_what_they_change_from_the_baseline():
     assert axis_of(["loss"]) == "loss" and axis_of(["augment"]) == "augmentation" and axis_of(["backbone"]) == "backbone"
     assert axis_of(["schedule", "milestones"]) == "schedule"
     assert axis_of(["augment", "backbone"]) == "mixed"
-    assert axis_of(["embedding_dim"]) == "other"
+    assert axis_of(["embedding_dim"]) == "head"
+    assert axis_of(["image_size"]) == "other"
     # relative to the baseline variant, not to base: a baseline with lr 0.001 makes {} an lr change
     assert differing_keys({}, {"lr": 0.001}) == ["lr"]
     assert differing_keys({"lr": 0.001, "augment": "none"}, {"lr": 0.001}) == ["augment"]
@@ -170,7 +171,7 @@ def test_axes_group_variants_by_what_they_change_from_the_baseline():
 def test_detectors_are_listed_best_first(tmp_path):
     for name, val in (("frcnn", 0.5), ("cascade", 0.7)):
         (tmp_path / "det" / name).mkdir(parents=True)
-        final = {key: val for key in DETECTOR_METRICS} | {"best_epoch": 3, "run_id": f"run-{name}", "test_bbox_mAP_s": 0.1}
+        final = {key: val for key in DETECTOR_COLUMNS} | {"best_epoch": 3, "run_id": f"run-{name}", "test_bbox_mAP_s": 0.1}
         (tmp_path / "det" / name / "final.json").write_text(json.dumps(final))
     _cell(tmp_path / "rec", "base", 0, val_proto_acc=0.7)
     detectors = load_detectors(tmp_path / "det", ["frcnn", "cascade"])

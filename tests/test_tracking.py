@@ -83,3 +83,39 @@ def test_a_run_that_reads_no_dataset_logs_none(repo):
     with stage_run("prepare", "skulab", {}, dataset_hash=None) as run:
         pass
     assert _inputs(run.info.run_id) == []
+
+
+def test_training_code_does_not_import_mlflow():
+    """Only skulab.tracking (and the cell modules, through it) talks to MLflow: the training code gets a RunLogger."""
+    import ast
+    from pathlib import Path
+
+    import skulab
+
+    package = Path(skulab.__file__).parent
+    offenders = []
+    for path in sorted([*(package / "recognition").rglob("*.py"), *(package / "detection").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not offenders, offenders
+    assert (package / "recognition" / "train.py").is_file() and (package / "detection" / "train.py").is_file()
+
+
+def test_recording_and_null_loggers_take_what_mlflow_logger_takes(tmp_path):
+    from skulab.tracking import NullLogger, RecordingLogger
+
+    logger = RecordingLogger()
+    logger.log_metrics({"a": 1.0, "b": 2.0}, step=1)
+    logger.log_metric("best_epoch", 1)
+    logger.log_artifact(tmp_path / "final.json", artifact_path="metrics")
+    assert logger.calls == [("metrics", {"a": 1.0, "b": 2.0}, 1), ("metrics", {"best_epoch": 1}, None), ("artifact", str(tmp_path / "final.json"), "metrics")]
+    assert logger.metrics(step=1) == {"a": 1.0, "b": 2.0} and logger.metrics() == {"best_epoch": 1}
+    assert logger.artifacts("metrics") == ["final.json"]
+    NullLogger().log_metrics({"a": 1.0}, step=1), NullLogger().log_metric("a", 1.0), NullLogger().log_artifact("x", "y")

@@ -8,6 +8,7 @@ import torch
 
 from conftest import config
 from skulab.recognition.train import CellTrainer
+from skulab.tracking import MlflowLogger, RecordingLogger
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def _fit(cfg, crops, out, seed=0, checkpoint_from=None, stop_after=None):
     trainer = CellTrainer(cfg, seed, crops, out / "model", out / "metrics")
     checkpoint = trainer.resumable() if checkpoint_from else None
     with mlflow.start_run() as run:
-        return trainer.fit(run.info.run_id, checkpoint, stop_after), trainer
+        return trainer.fit(run.info.run_id, checkpoint, stop_after, logger=MlflowLogger()), trainer
 
 
 def _scores(final):
@@ -52,6 +53,26 @@ def test_outputs_and_mlflow_logging(tiny_params, tiny_crops, tmp_path):
     assert [m.step for m in client.get_metric_history(final["run_id"], "val_top1")] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(final["run_id"], "checkpoints")}
     assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
+
+
+def test_the_cell_logs_epochs_test_metrics_and_files_to_its_logger(tiny_params, tiny_crops, tmp_path):
+    """What the training code hands its run logger (no MLflow run open): each epoch's row at its
+    step, then the test metrics and best epoch, then the metrics files and the checkpoints."""
+    logger = RecordingLogger()
+    trainer = CellTrainer(config(tiny_params), 0, tiny_crops, tmp_path / "model", tmp_path / "metrics")
+    final = trainer.fit("run-id", logger=logger)
+    assert final["run_id"] == "run-id" and mlflow.active_run() is None
+    epochs = [call for call in logger.calls if call[0] == "metrics" and call[2] is not None]
+    assert [step for _, _, step in epochs] == [1, 2, 3]
+    history = (tmp_path / "metrics" / "history.csv").read_text().splitlines()
+    assert all(list(metrics) == history[0].split(",")[1:] for _, metrics, _ in epochs)  # every column but epoch
+    assert logger.metrics() == {**{k: v for k, v in final.items() if k.startswith("test_")}, "best_epoch": final["best_epoch"]}
+    assert [call[0] for call in logger.calls] == ["metrics"] * 5 + ["artifact"] * 7
+    assert logger.calls[3] == ("metrics", {k: v for k, v in final.items() if k.startswith("test_")}, None)
+    assert logger.calls[4] == ("metrics", {"best_epoch": final["best_epoch"]}, None)
+    assert logger.artifacts("metrics") == ["final.json", "per_class.json", "history.csv", "curves.png", "test_predictions.csv"]
+    assert logger.artifacts("checkpoints") == ["best.pt", "last.pt"]
+    assert all(path.startswith(str(tmp_path)) for kind, path, _ in logger.calls if kind == "artifact")
 
 
 @pytest.mark.parametrize("optimizer", ["ranger", "radam_lookahead"])

@@ -1,4 +1,5 @@
-"""The `skulab` command: `check` validates params.yaml; `init-tracking` creates the MLflow store;
+"""The `skulab` command: `check` validates params.yaml; `list` prints every registered method of each
+ablation axis; `init-tracking` creates the MLflow store;
 `grid` trains the dirty recognizer cells N at a time through DVC's experiment queue; `predict` runs
 the packaged model on images."""
 
@@ -11,6 +12,7 @@ import time
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from skulab.axes import AXES, describe, schedule_iterations, uses_metric_loss
 from skulab.errors import SkulabError, exit_on_user_error
 from skulab.io import read_json
 from skulab.layout import CROPS
@@ -19,21 +21,16 @@ from skulab.params import PARAMS_FILE, Params, load_params
 
 def check_schedules(params: Params, crops: Path, source: str) -> None:
     """Warm-up and milestones become iterations only with the train split's size, so they are
-    checked once the crops exist (training refuses them the same way otherwise)."""
-    import torch
-
-    from skulab.recognition.losses import uses_metric_loss
-    from skulab.recognition.schedules import create_schedule
-
+    checked once the crops exist (training refuses them the same way otherwise), with the schedules'
+    own arithmetic (skulab.axes.schedule_iterations, no torch)."""
     train_crops = read_json(crops / "stats.json")["train"]["crops"]
     for name in params.recognizer.variants:
         cfg = params.recognizer.resolve(name)
         iters = train_crops // cfg.batch_size  # drop_last batches; the PK sampler draws at least one
         if uses_metric_loss(cfg.loss):
             iters = max(iters, 1)
-        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
         try:
-            create_schedule(optimizer, cfg, iters)
+            schedule_iterations(cfg, iters)
         except SkulabError as exc:
             detail = str(exc).removeprefix("recognizer: ")
             raise SkulabError(f"{source}: recognizer.variants.{name}: {detail} ({train_crops} train crops in {crops})") from None
@@ -239,6 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate every section of params.yaml")
     check.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    listing = commands.add_parser(
+        "list", help="every registered method of each ablation axis: its kind, description and the keys it reads",
+        description="Print the registered names of every axis (or of one): losses, optimizers, schedules, augmentations, "
+        "backbones, detectors, each with its kind (where the axis has kinds), a description and the params.yaml keys it reads. "
+        "The records live in src/skulab/axes.py.",
+    )
+    listing.add_argument("axis", nargs="?", choices=list(AXES), help="only this axis (default: all)")
     init = commands.add_parser("init-tracking", help="create the MLflow store and experiment once")
     init.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     grid = commands.add_parser(
@@ -274,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.chunk < 1:
             parser.error("--chunk must be >= 1")
         raise SystemExit(run(args.inputs, args.model, args.out, args.draw, args.chunk))
+    if args.command == "list":
+        print(describe([args.axis] if args.axis else AXES))
+        return
     if args.command == "check":
         params = load_params(args.params)
         crops = Path(args.params).parent / CROPS

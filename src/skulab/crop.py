@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from skulab.detection import SELECT_METRIC
 from skulab.data.coco import class_names, load_split
 from skulab.errors import SkulabError
 from skulab.io import atomic_path, read_json, write_json_atomic, write_text_atomic
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # the params schema imports the model tables; pool workers im
     from skulab.params import CropParams
 
 BACKGROUND_ID, BACKGROUND = -1, "background"
-SELECT_METRIC = "val_bbox_mAP"
 AUTO = "auto"  # crop.score_threshold chosen on val
 
 MANIFEST_FIELDS = ("crop", "split", "source_image", "x", "y", "w", "h", "class_id", "class_name", "origin", "detector", "score", "iou")
@@ -272,14 +272,18 @@ def resolve_threshold(prepared: Path, params: CropParams, detections: Path | Non
     return chosen["threshold"], chosen
 
 
-def crop_dataset(prepared: Path, out: Path, params: CropParams, dataset_hash: str, detector: str | None = None, detections: Path | None = None) -> dict:
+def crop_dataset(
+    prepared: Path, out: Path, params: CropParams, dataset_hash: str, detector: str | None = None, detections: Path | None = None,
+    resolved: tuple[float, dict | None] | None = None,
+) -> dict:
     """Write the crop stores, manifest.csv, classes.json and stats.json to `out` atomically; return the stats.
 
     With a `detector`, the test crops come from its `detections` file (test.bbox.json; with
     score_threshold auto, its val.bbox.json beside it picks the threshold) instead of ground truth.
+    `resolved` is resolve_threshold's answer when the caller has it already (the stage draws its curve).
     """
     stats: dict = {"dataset_hash": dataset_hash, "test_detector": detector or "none", "stored_size": params.stored_size}
-    threshold, chosen = resolve_threshold(prepared, params, detections if detector else None)
+    threshold, chosen = resolved or resolve_threshold(prepared, params, detections if detector else None)
     if detector is not None:
         stats["score_threshold"] = {"value": threshold, "chosen_on": "val F1" if chosen else "crop.score_threshold"}
         if chosen:
@@ -313,5 +317,4 @@ def crop_dataset(prepared: Path, out: Path, params: CropParams, dataset_hash: st
         names = class_names(load_split(prepared, "train"))
         write_json_atomic(root / "classes.json", {str(k): v for k, v in sorted(names.items())})
         write_json_atomic(root / "stats.json", stats)
-    stats["score_threshold_curve"] = chosen["curve"] if chosen else None
     return stats

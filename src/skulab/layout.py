@@ -1,4 +1,7 @@
-"""Where each stage reads and writes, relative to the repo root (mirrors dvc.yaml)."""
+"""Where each stage reads and writes, relative to the repo root (mirrors dvc.yaml).
+
+tests/test_layout.py checks these against dvc.yaml's deps, outs, metrics and plots.
+"""
 
 from pathlib import Path
 
@@ -9,9 +12,17 @@ CROPS = Path("data/crops")
 DETECTIONS = Path("data/detections")
 DETECTOR_MODELS = Path("models/detector")
 RECOGNIZER_MODELS = Path("models/recognizer")
+PACKAGE = Path("models/package")  # the package stage's model card and package.json
 METRICS = Path("metrics")
 DETECTOR_METRICS = METRICS / "detector"
 RECOGNIZER_METRICS = METRICS / "recognizer"
+THRESHOLD_FIGURE = METRICS / "crop" / "score_threshold.png"  # the crop stage's score threshold figure
+SUMMARY_JSON = METRICS / "summary.json"
+SUMMARY_MD = METRICS / "summary.md"
+REPORTS = Path("reports")  # the evaluate stage's report.md, its figures and curve tables, as one output
+REPORT_MD = REPORTS / "report.md"
+RECOGNIZER_CURVES = REPORTS / "recognizer_val_curves.csv"  # long tables for dvc.yaml's top-level plots
+DETECTOR_CURVES = REPORTS / "detector_val_curves.csv"
 
 
 def crop_store(crops: Path, split: str) -> Path:
@@ -25,6 +36,11 @@ def annotations_file(root: Path, split: str) -> Path:
 
 def card_file(root: Path = PREPARED) -> Path:
     return root / "card.json"
+
+
+def import_report_file(root: Path = PREPARED) -> Path:
+    """The prepare stage's import report: what it skipped, dropped or found absent from a split."""
+    return root / "report.json"
 
 
 def recognizer_cell(variant: str, seed: int) -> str:

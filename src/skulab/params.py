@@ -1,7 +1,8 @@
 """The params.yaml schema (pydantic) and its one-line error messages.
 
 Every knob lives in params.yaml, so the schema has no defaults: a missing key is an error, not a
-silent fallback. Each stage validates the sections it reads; `skulab check` validates them all.
+silent fallback. Each stage validates the sections it reads; `skulab check` validates them all. Method names and the
+keys each method reads come from skulab/axes.py, so validating imports no model library.
 """
 
 import json
@@ -12,12 +13,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from skulab import axes
+from skulab.axes import active_losses, uses_metric_loss
 from skulab.errors import SkulabError
-from skulab.recognition.augment import AUGMENTS
-from skulab.recognition.backbones import BACKBONES
-from skulab.recognition.losses import LOSSES, active_losses, uses_metric_loss
-from skulab.recognition.optimizers import OPTIMIZERS
-from skulab.recognition.schedules import SCHEDULES
 
 PARAMS_FILE = "params.yaml"
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
@@ -186,6 +184,30 @@ class DetectorConfig(Strict):
         return self
 
 
+def unread_keys(override: dict, config: BaseModel, used_axes: list[tuple[str, dict, list[str], str]]) -> list[str]:
+    """'key: message' for each key of `override` that the entries `config` uses do not read (while another entry does).
+
+    used_axes: (axis, its table of skulab.axes records, the entries config uses, the key that chooses them).
+    """
+    used, ignored = set(), {}
+    for _, table, names, _ in used_axes:
+        for entry in (table[name] for name in names):
+            skipped = entry.ignores(config)
+            used |= entry.reads - set(skipped)
+            ignored.update(skipped)
+    errors = []
+    for key in override:
+        for axis, table, names, chooser in used_axes:
+            readers = [name for name, entry in table.items() if key in entry.reads]
+            if not readers or key in used:
+                continue
+            chosen = f"{axis} {', '.join(repr(name) for name in names)}"
+            why = f"when {ignored[key]}" if key in ignored else f"(read by {', '.join(readers)})"
+            errors.append(f"{key}: not read by {chosen} {why}; remove it or change {chooser}")
+            break
+    return errors
+
+
 class GridParams(Strict):
     """A base configuration and named variants that override some of its keys (one DVC cell each)."""
 
@@ -217,6 +239,13 @@ class DetectorParams(GridParams):
     config_schema: ClassVar[type[BaseModel]] = DetectorConfig
     variant_keys: ClassVar[tuple[str, ...]] = ("config",)
 
+    def variant_errors(self, override: dict, config: DetectorConfig) -> list[str]:
+        """A key only another kind of detector reads (rpn_*, rcnn_*, fc_out_channels, roi_align: two-stage) is refused."""
+        entry = axes.detector_for_config(config.config)
+        if entry is None:  # a config file no record in skulab/axes.py describes: its kind is unknown
+            return []
+        return unread_keys(override, config, [(f"{entry.kind} detector", axes.DETECTORS, [entry.name], "config")])
+
     @field_validator("variants")
     @classmethod
     def _not_reserved(cls, variants: dict) -> dict:
@@ -229,11 +258,12 @@ class DetectorParams(GridParams):
 class RecognizerConfig(Strict):
     """One recognizer training configuration: base merged with a variant's overrides."""
 
-    backbone: Annotated[str, AfterValidator(_choice("backbone", BACKBONES))]
+    backbone: Annotated[str, AfterValidator(_choice("backbone", axes.BACKBONES))]
     pretrained: str = Field(description="none | imagenet | path to a local state dict")
+    head: Annotated[str, AfterValidator(_choice("head", axes.HEADS))]
     embedding_dim: int = Field(ge=8, le=4096)
     image_size: int = Field(ge=32, le=512)
-    optimizer: Annotated[str, AfterValidator(_choice("optimizer", OPTIMIZERS))]
+    optimizer: Annotated[str, AfterValidator(_choice("optimizer", axes.OPTIMIZERS))]
     lr: float = Field(gt=0, le=10)
     weight_decay: float = Field(ge=0, le=1)
     betas: tuple[Beta, Beta]
@@ -250,14 +280,14 @@ class RecognizerConfig(Strict):
     ms_base: float = Field(ge=0, le=1)
     ms_miner_epsilon: float = Field(ge=0)
     sampler_k: int = Field(ge=2, description="instances per class in a PK batch when a metric loss is on")
-    schedule: Annotated[str, AfterValidator(_choice("schedule", SCHEDULES))]
+    schedule: Annotated[str, AfterValidator(_choice("schedule", axes.SCHEDULES))]
     warmup_epochs: float = Field(ge=0)
     warmup_method: Literal["linear", "constant"]
     warmup_factor: float = Field(gt=0, le=1)
     milestones: list[float]
     gamma: float = Field(gt=0, le=1)
     end_lr_factor: Fraction
-    augment: Annotated[str, AfterValidator(_choice("augmentation", AUGMENTS))]
+    augment: Annotated[str, AfterValidator(_choice("augmentation", axes.AUGMENTATIONS))]
     epochs: int = Field(ge=1, le=10000)
     batch_size: int = Field(ge=2, le=4096)
     device: Literal["cpu", "cuda", "auto"] = Field(description="auto = cuda when available")
@@ -267,7 +297,7 @@ class RecognizerConfig(Strict):
     @classmethod
     def _loss(cls, loss: dict[str, float]) -> dict[str, float]:
         for name, weight in loss.items():
-            _choice("loss", LOSSES)(name)
+            _choice("loss", axes.LOSSES)(name)
             if weight < 0:
                 raise ValueError(f"weight of '{name}' must be >= 0, got {weight}")
         if not any(w > 0 for w in loss.values()):
@@ -282,18 +312,21 @@ class RecognizerConfig(Strict):
         return value
 
     def axes(self) -> list[tuple[str, dict, list[str]]]:
-        """(axis, its table, the entries this configuration uses) for each axis whose entries read keys."""
+        """(axis, its table of records, the entries this configuration uses) for each recognizer axis."""
         return [
-            ("optimizer", OPTIMIZERS, [self.optimizer]),
-            ("loss", LOSSES, active_losses(self.loss)),
-            ("schedule", SCHEDULES, [self.schedule]),
+            ("optimizer", axes.OPTIMIZERS, [self.optimizer]),
+            ("loss", axes.LOSSES, active_losses(self.loss)),
+            ("schedule", axes.SCHEDULES, [self.schedule]),
+            ("augment", axes.AUGMENTATIONS, [self.augment]),
+            ("backbone", axes.BACKBONES, [self.backbone]),
+            ("head", axes.HEADS, [self.head]),
         ]
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
-        if "milestones" in SCHEDULES[self.schedule].reads and (
+        if "milestones" in axes.SCHEDULES[self.schedule].reads and (
             self.milestones != sorted(self.milestones) or any(not self.warmup_epochs < m < self.epochs for m in self.milestones)
         ):
             raise ValueError(
@@ -334,24 +367,7 @@ class RecognizerParams(GridParams):
 
     def variant_errors(self, override: dict, config: RecognizerConfig) -> list[str]:
         """A key a variant sets must be read by the method it uses; each axis table's records say which keys they read."""
-        axes = config.axes()
-        used, ignored = set(), {}
-        for _, table, names in axes:
-            for info in (table[name] for name in names):
-                skipped = info.ignores(config)
-                used |= info.reads - set(skipped)
-                ignored.update(skipped)
-        errors = []
-        for key in override:
-            for axis, table, names in axes:
-                readers = [name for name, info in table.items() if key in info.reads]
-                if not readers or key in used:
-                    continue
-                chosen = f"{axis} {', '.join(repr(name) for name in names)}"
-                why = f"when {ignored[key]}" if key in ignored else f"(read by {', '.join(readers)})"
-                errors.append(f"{key}: not read by {chosen} {why}; remove it or change {axis}")
-                break
-        return errors
+        return unread_keys(override, config, [(axis, table, names, axis) for axis, table, names in config.axes()])
 
     def canonical(self, config: RecognizerConfig) -> dict:
         dump = config.model_dump(mode="json")
@@ -474,7 +490,7 @@ def _check_stored_size(crop: CropParams, recognizer: RecognizerParams, path: Pat
         size = recognizer.resolve(name).image_size
         if size > crop.stored_size:
             _raise(path, [f"crop.stored_size: {crop.stored_size} is smaller than recognizer variant '{name}' image_size {size}; "
-                          f"set it to at least {size} (round(image_size x 1.15) = {round(size * 1.15)} leaves room for the random crop)"])
+                          f"set it to at least {size} (round(image_size x {axes.BASIC_RESIZE:g}) = {axes.basic_resize(size)} leaves room for the random crop)"])
 
 
 def _check_baseline(evaluate: EvaluateParams, recognizer: RecognizerParams, path: Path) -> None:

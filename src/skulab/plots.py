@@ -1,14 +1,18 @@
-"""PNG plots next to the tables: training curves per cell, and the report's per-axis curves, CIs and confusions."""
+"""PNG plots next to the tables: training curves per cell, the report's per-axis curves, CIs and
+confusions, and the prepared dataset's SKU gallery and contact sheet (drawn with PIL)."""
 
+import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+from PIL import Image, ImageDraw
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from skulab.io import atomic_path  # noqa: E402
+from skulab.io import atomic_path, write_bytes_atomic  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -42,6 +46,50 @@ def plot_history(history: list[dict], path: Path, title: str, scores: tuple[str,
             ax.legend(fontsize=7)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_sku_gallery(sprites: list[tuple[str, Image.Image]], path: Path, cell: int = 96) -> None:
+    """Every SKU (name, RGBA sprite) side by side with its name, so look-alike groups can be compared."""
+    cols = 8
+    rows = (len(sprites) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + 14)), (245, 245, 245))
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, original) in enumerate(sprites):
+        sprite = original.copy()
+        sprite.thumbnail((cell - 8, cell - 8))
+        x, y = (i % cols) * cell, (i // cols) * (cell + 14)
+        sheet.paste(sprite, (x + (cell - sprite.width) // 2, y + 2), sprite)
+        draw.text((x + 2, y + cell), name[:16], fill=(0, 0, 0))
+    _save_image(sheet, path)
+
+
+def plot_contact_sheet(images: Iterable[tuple[Image.Image, list[tuple]]], path: Path, width: int) -> None:
+    """Images with their boxes (x, y, w, h, class id) and class ids drawn, at most `width` pixels a side, 3 a row.
+
+    Draws on the images it is given and shrinks each before taking the next (pass a generator to
+    hold one full-size image at a time).
+    """
+    tiles = []
+    for image, boxes in images:
+        draw = ImageDraw.Draw(image)
+        for x, y, w, h, class_id in boxes:
+            draw.rectangle([x, y, x + w, y + h], outline=(255, 0, 255), width=2)
+            draw.text((x + 2, y + 2), str(class_id), fill=(255, 255, 0))
+        image.thumbnail((width, width))
+        tiles.append(image)
+    cols = min(3, len(tiles))
+    rows = (len(tiles) + cols - 1) // cols
+    tile_w, tile_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    sheet = Image.new("RGB", (cols * tile_w, rows * tile_h), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * tile_w, (i // cols) * tile_h))
+    _save_image(sheet, path)
 
 
 def plot_box_sizes(coco_by_split: dict[str, dict], path: Path) -> None:

@@ -9,12 +9,9 @@ from pathlib import Path
 
 from skulab import stats
 from skulab.io import atomic_path, write_csv_atomic, write_text_atomic
-from skulab.layout import recognizer_cell
+from skulab.layout import DETECTOR_CURVES, RECOGNIZER_CURVES, REPORT_MD, recognizer_cell
 from skulab.plots import MAX_LINES, plot_confusion, plot_epoch_lines, plot_final_bars, plot_mean_curves
-from skulab.summary import SHELF_METRICS
-
-DETECTOR_CURVE = "val_bbox_mAP"
-DETECTOR_COLUMNS = ("val_bbox_mAP", "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
+from skulab.summary import DETECTOR_COLUMNS, DETECTOR_RANK_BY, SHELF_METRICS
 
 
 # --- numbers as text -------------------------------------------------------------------------
@@ -196,8 +193,8 @@ def write_figures(summary: dict, cells: dict, histories: dict, detector_historie
             written += [out / figure["curves"], out / figure["final"]]
     for figure in names.get("detectors", []):
         rising = {n for n, e in summary["detectors"].items() if e.get("convergence", {}).get("rising")}
-        lines = {f"{n}{' (not converged)' if n in rising else ''}": [row[DETECTOR_CURVE] for row in detector_histories[n] if DETECTOR_CURVE in row] for n in figure["members"]}
-        plot_epoch_lines(lines, DETECTOR_CURVE, out / figure["file"], "detectors: val mAP per epoch (one seed each)")
+        lines = {f"{n}{' (not converged)' if n in rising else ''}": [row[DETECTOR_RANK_BY] for row in detector_histories[n] if DETECTOR_RANK_BY in row] for n in figure["members"]}
+        plot_epoch_lines(lines, DETECTOR_RANK_BY, out / figure["file"], "detectors: val mAP per epoch (one seed each)")
         written.append(out / figure["file"])
     if "confusion" in names and confusion is not None:
         plot_confusion(confusion["matrix"], confusion["class_names"], out / names["confusion"], f"{confusion['cell']}: test crops showing a product")
@@ -314,10 +311,15 @@ def confusion_section(summary: dict, figure: str) -> list[str]:
     return [*lines, "Most-confused pairs:", "", *table(["true class", "named as", "crops"], rows, right=1), ""]
 
 
+def crop_source(summary: dict) -> str:
+    """Where the test crops come from, in words."""
+    crops = summary["test_crops_from"]
+    return "ground-truth boxes" if crops == "none" else f"the boxes of detector {crops}"
+
+
 def render_report(summary: dict) -> str:
     names = figure_names(summary)
-    crops = summary["test_crops_from"]
-    source = "ground-truth boxes" if crops == "none" else f"the boxes of detector {crops}"
+    source = crop_source(summary)
     lines = [
         "# Recognizer ablation report",
         "",
@@ -361,8 +363,7 @@ def _axis_intro(axis: str, baseline: str) -> str:
 
 def render_summary(summary: dict) -> str:
     """metrics/summary.md: the short ranked table, the same wording, the detectors."""
-    crops = summary["test_crops_from"]
-    source = "ground-truth boxes" if crops == "none" else f"the boxes of detector {crops}"
+    source = crop_source(summary)
     lines = [
         f"# Recognizer ablation (ranked by {summary['rank_by']} on val; {summary['reported']} on test beside it)",
         "",
@@ -389,15 +390,11 @@ def write_report(summary: dict, cells: dict, histories: dict, detector_histories
         tmp.mkdir(parents=True)
         figures = write_figures(summary, cells, histories, detector_histories, confusion, tmp)
         tables = write_curve_tables(histories, detector_histories, tmp)
-        write_text_atomic(tmp / "report.md", render_report(summary))
-    return [reports / "report.md", *(reports / path.name for path in figures + tables)]
+        write_text_atomic(tmp / REPORT_MD.name, render_report(summary))
+    return [reports / REPORT_MD.name, *(reports / path.name for path in figures + tables)]
 
 
 # --- data for `dvc plots` --------------------------------------------------------------------
-
-RECOGNIZER_CURVES = "recognizer_val_curves.csv"
-DETECTOR_CURVES = "detector_val_curves.csv"
-
 
 def curve_rows(histories: dict, detector_histories: dict) -> tuple[list[dict], list[dict]]:
     """Every cell's per-epoch validation metrics in one long table each, for dvc.yaml's top-level plots
@@ -416,8 +413,9 @@ def curve_rows(histories: dict, detector_histories: dict) -> tuple[list[dict], l
 def write_curve_tables(histories: dict, detector_histories: dict, out: Path) -> list[Path]:
     recognizer, detector = curve_rows(histories, detector_histories)
     written = []
-    for name, rows in ((RECOGNIZER_CURVES, recognizer), (DETECTOR_CURVES, detector)):
+    for table, rows in ((RECOGNIZER_CURVES, recognizer), (DETECTOR_CURVES, detector)):
         if rows:
+            name = table.name  # under `out`: write_report swaps the whole of reports/ in at once
             write_csv_atomic(out / name, [{k: (int(v) if k in ("epoch", "seed") else v) for k, v in row.items()} for row in rows])
             written.append(out / name)
     return written

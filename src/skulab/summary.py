@@ -10,6 +10,7 @@ end-to-end shelf metrics join them. Statistics come from `skulab.stats`, shelf m
 from pathlib import Path
 
 from skulab import shelf, stats
+from skulab.detection import SELECT_METRIC
 from skulab.data.coco import load_split
 from skulab.errors import SkulabError
 from skulab.io import read_csv, read_json
@@ -23,7 +24,10 @@ TEST_METRICS = (
     "test_proto_acc", "test_top1", "test_balanced_acc", "test_precision_at_1", "test_map_at_r",
     "test_e2e_recall", "test_e2e_precision", "test_gt_proto_acc", "test_gt_top1", "test_gt_balanced_acc",
 )
-DETECTOR_METRICS = ("val_bbox_mAP", "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
+# The detector numbers summary.json keeps from each final.json, in the order of the detector tables'
+# columns (report.py). Detectors are listed and flagged by their val mAP, as recognizers by rank_by.
+DETECTOR_RANK_BY = SELECT_METRIC  # detectors are ranked by what picks them
+DETECTOR_COLUMNS = (DETECTOR_RANK_BY, "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
 SHELF_METRICS = ("mAP", "mAP50", "count_accuracy")
 
 # Which ablation axis each recognizer key belongs to (README, "The recognizer grid"). A key in none
@@ -34,6 +38,7 @@ AXES = {
     "schedule": ("schedule", "warmup_epochs", "warmup_method", "warmup_factor", "milestones", "gamma", "end_lr_factor"),
     "augmentation": ("augment",),
     "backbone": ("backbone", "pretrained"),
+    "head": ("head", "embedding_dim"),
 }
 AXIS_ORDER = (*AXES, "other", "mixed")
 _UNSET = object()
@@ -87,7 +92,7 @@ def load_detectors(metrics_root: Path, names: list[str]) -> dict[str, dict]:
         if not path.is_file():
             raise SkulabError(f"{path}: missing; run train_detector@{name} (dvc repro)")
         final = read_json(path)
-        detectors[name] = {key: final[key] for key in ("best_epoch", "run_id", *DETECTOR_METRICS) if key in final}
+        detectors[name] = {key: final[key] for key in ("best_epoch", "run_id", *DETECTOR_COLUMNS) if key in final}
     return detectors
 
 
@@ -254,11 +259,11 @@ def summarize(cells: dict[str, dict[int, dict]], histories: dict[str, dict[int, 
         "variants": variants,
         "axes": axis_groups(variants, baseline),
         "test_crops_from": ", ".join(sorted(test_detector)),
-        "detectors": dict(sorted(detectors.items(), key=lambda item: -item[1]["val_bbox_mAP"])),
+        "detectors": dict(sorted(detectors.items(), key=lambda item: -item[1][DETECTOR_RANK_BY])),
     }
 
 
-def add_detector_convergence(summary: dict, detector_histories: dict[str, list[dict]], metric: str = "val_bbox_mAP") -> None:
+def add_detector_convergence(summary: dict, detector_histories: dict[str, list[dict]], metric: str = DETECTOR_RANK_BY) -> None:
     """Flag detectors whose val mAP still rises at the end of their epochs, as for recognizers."""
     for name, entry in summary["detectors"].items():
         entry["convergence"] = stats.convergence([row[metric] for row in detector_histories.get(name, []) if metric in row])

@@ -20,7 +20,7 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import mlflow
 from mlflow import MlflowClient
@@ -200,3 +200,79 @@ def stage_run(
         if dataset_hash:
             log_dataset(dataset_hash, context=stage.split("@")[0])  # one context per stage, not per cell
         yield run
+
+
+class RunLogger(Protocol):
+    """What training code logs to: metrics (per epoch with a step) and artifact files, of one run.
+
+    The cell module (or stage) opens the run with `stage_run` and hands the training code an
+    `MlflowLogger`; ranks other than 0 and tests get a `NullLogger` or a `RecordingLogger`. Nothing
+    under skulab.recognition or skulab.detection imports mlflow.
+    """
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class MlflowLogger:
+    """The active MLflow run (the one `stage_run` opened)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        mlflow.log_metric(key, value, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+
+class NullLogger:
+    """Logs nothing: ranks other than 0, and code run without a run."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+
+class RecordingLogger:
+    """Keeps every call, in order, for tests: ('metrics', {name: value}, step) and ('artifact', path, artifact_path)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append(("metrics", dict(metrics), step))
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.calls.append(("metrics", {key: value}, step))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.calls.append(("artifact", str(path), artifact_path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.calls.append(("tags", dict(tags), None))
+
+    def metrics(self, step: int | None = None) -> dict[str, float]:
+        """Every metric logged at `step` (None: without a step), later values winning."""
+        return {k: v for kind, values, at in self.calls if kind == "metrics" and at == step for k, v in values.items()}
+
+    def artifacts(self, artifact_path: str | None = None) -> list[str]:
+        """The file names logged under `artifact_path`, in order."""
+        return [Path(path).name for kind, path, at in self.calls if kind == "artifact" and at == artifact_path]

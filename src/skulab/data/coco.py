@@ -6,7 +6,7 @@ import numpy as np
 
 from skulab.data.sources import LEFT_OUT
 from skulab.errors import SkulabError
-from skulab.io import read_json
+from skulab.io import read_json, write_json_atomic
 from skulab.layout import SPLITS, annotations_file, card_file
 
 
@@ -23,6 +23,30 @@ def load_split(root: Path, split: str) -> dict:
     if not coco.get("images"):
         raise SkulabError(f"{path}: split '{split}' has no images")
     return coco
+
+
+AGNOSTIC_CLASS = "product"  # the one class of a class-agnostic detector
+
+
+def detector_annotations(prepared: Path, out: Path, class_aware: bool) -> tuple[dict[str, Path], list[str]]:
+    """The COCO files the detector trains on: every SKU class, or all boxes as one 'product' class."""
+    paths, names = {}, []
+    for split in SPLITS:
+        coco = load_split(prepared, split)
+        if not coco["annotations"]:
+            raise SkulabError(f"{prepared}/annotations/{split}.json: split '{split}' has no boxes to detect")
+        if class_aware:
+            names = [name for _, name in sorted(class_names(coco).items())]
+        else:
+            coco = {
+                **coco,
+                "categories": [{"id": 1, "name": AGNOSTIC_CLASS}],
+                "annotations": [{**ann, "category_id": 1} for ann in coco["annotations"]],
+            }
+            names = [AGNOSTIC_CLASS]
+        paths[split] = out / f"{split}.json"
+        write_json_atomic(paths[split], coco)
+    return paths, names
 
 
 def load_card(root: Path) -> dict:

@@ -2,6 +2,8 @@
 
 With world_size > 1 every rank runs this under torchrun (the stage script starts it): rank 0
 prepares the work dir and owns the MLflow run; the others wait for it, then train and test with it.
+The training code logs through the skulab.tracking.RunLogger it is handed: the run's MlflowLogger
+on rank 0, a NullLogger on the others.
 """
 
 from pathlib import Path
@@ -14,7 +16,7 @@ from skulab.distributed import process_group
 from skulab.errors import SkulabError
 from skulab.layout import DETECTIONS, DETECTOR_METRICS, DETECTOR_MODELS
 from skulab.params import Params
-from skulab.tracking import existing_run, repo_root, stage_run
+from skulab.tracking import MlflowLogger, NullLogger, existing_run, repo_root, stage_run
 
 
 def detector_world_size(params: Params, name: str) -> int:
@@ -37,8 +39,8 @@ def train_detector_cell(params: Params, name: str, prepared: Path, stop_after_ep
         cfg = cell.prepare_work_dir(resume=state is not None) if ranks.main else None
         ranks.barrier()
         if not ranks.main:
-            return cell.fit(cell.prepare_work_dir(resume=state is not None), None, state, stop_after_epochs)
+            return cell.fit(cell.prepare_work_dir(resume=state is not None), None, state, stop_after_epochs, logger=NullLogger())
         logged = {"detector": name, **config.model_dump(mode="json")}
         resumed_run = existing_run(state["run_id"]) if state else None
         with stage_run(f"train_detector@{name}", params.mlflow.experiment, logged, dataset_hash, run_id=resumed_run) as run:
-            return cell.fit(cfg, run.info.run_id, state, stop_after_epochs)
+            return cell.fit(cfg, run.info.run_id, state, stop_after_epochs, logger=MlflowLogger())

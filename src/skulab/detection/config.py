@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from mmengine.config import Config, ConfigDict
 
+from skulab.detection import SELECT_METRIC, mmdet_metric_key
 from skulab.detection.compat import patch_mmengine
 from skulab.detection.pretrained import check_backbone_weights
 from skulab.errors import SkulabError
 from skulab.params import DetectorConfig
 
 RESNET_WIDTHS = {18: [64, 128, 256, 512], 34: [64, 128, 256, 512], 50: [256, 512, 1024, 2048], 101: [256, 512, 1024, 2048]}
-SELECT_METRIC = "coco/bbox_mAP"
 METRIC_ITEMS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "AR@100")
 
 
@@ -218,7 +218,7 @@ def build_config(config: DetectorConfig, repo: Path, prepared: Path, annotations
     cfg.test_cfg = dict(type="TestLoop")
     _schedule(cfg, config)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=5)
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_best=SELECT_METRIC, rule="greater")
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_best=mmdet_metric_key(SELECT_METRIC), rule="greater")
     # Local files only: no MLflowVisBackend (file store, whole config as params); the stage logs to MLflow itself.
     cfg.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     cfg.randomness = dict(seed=config.seed, deterministic=False)

@@ -1,9 +1,11 @@
 """Train one detector cell with mmengine's Runner: val mAP every epoch, test mAP and detections at the end.
 
-The stage owns MLflow logging (a hook writes each epoch to the stage's own run and to
-metrics/detector/<name>/history.csv) and the resume decision: an interrupted run continues from
-mmengine's last checkpoint only when its fingerprint (config, data, code) matches; anything else
-starts over in an emptied work dir.
+The stage owns the logging (a hook writes each epoch to the stage's own run, through the
+skulab.tracking.RunLogger the cell module hands over, and to metrics/detector/<name>/history.csv)
+and the resume decision: an interrupted run continues from mmengine's last checkpoint only when
+its fingerprint (config, data, code; skulab.checkpoint) matches; anything else starts over in an
+emptied work dir. The stage's hooks each do one job (cell_hooks): progress bar, RNG states in
+checkpoints, history rows, logging, resume-time validation, stopping after N epochs.
 
 The terminal gets one line naming mmengine's log file, a progress bar and a metrics line per epoch,
 and the test scores; mmengine's environment dump, resolved config, hook table and per-iteration
@@ -12,7 +14,6 @@ lines, and pycocotools' prints, go to the log file only (models/detector/<name>/
 
 import contextlib
 import copy
-import hashlib
 import logging
 import os
 import shutil
@@ -20,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -29,18 +29,18 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import Runner, TestLoop
 from tqdm import tqdm
 
-from skulab.data.coco import class_names, load_split
+from skulab import checkpoint as checkpoints
+from skulab.data.coco import AGNOSTIC_CLASS, detector_annotations  # noqa: F401  (AGNOSTIC_CLASS: its former home)
 from skulab.detection.compat import trust_checkpoints_under
 from skulab.detection import metric  # noqa: F401  (registers ZeroIfEmptyCocoMetric)
-from skulab.detection.config import SELECT_METRIC, build_config
+from skulab.detection import SELECT_METRIC
+from skulab.detection.config import build_config
 from skulab.errors import SkulabError
-from skulab.io import atomic_path, params_hash, read_json, write_csv_atomic, write_json_atomic, write_text_atomic
-from skulab.layout import SPLITS
+from skulab.io import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
 from skulab.params import DetectorConfig
 from skulab.plots import DETECTOR_SCORES, plot_history
-from skulab.rng import global_rng_state, set_global_rng_state
+from skulab.tracking import NullLogger, RunLogger
 
-AGNOSTIC_CLASS = "product"
 NOT_ON_CONSOLE = (
     "will be deprecated", "is the alias of",  # mmengine's notices about its own API, every run
     "The testing results of the whole dataset is empty",  # an epoch without detections: ZeroIfEmptyCocoMetric scores it 0
@@ -95,27 +95,6 @@ def shown(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def detector_annotations(prepared: Path, out: Path, class_aware: bool) -> tuple[dict[str, Path], list[str]]:
-    """The COCO files the detector trains on: every SKU class, or all boxes as one 'product' class."""
-    paths, names = {}, []
-    for split in SPLITS:
-        coco = load_split(prepared, split)
-        if not coco["annotations"]:
-            raise SkulabError(f"{prepared}/annotations/{split}.json: split '{split}' has no boxes to detect")
-        if class_aware:
-            names = [name for _, name in sorted(class_names(coco).items())]
-        else:
-            coco = {
-                **coco,
-                "categories": [{"id": 1, "name": AGNOSTIC_CLASS}],
-                "annotations": [{**ann, "category_id": 1} for ann in coco["annotations"]],
-            }
-            names = [AGNOSTIC_CLASS]
-        paths[split] = out / f"{split}.json"
-        write_json_atomic(paths[split], coco)
-    return paths, names
-
-
 def metric_name(key: str) -> str:
     """mmdet's 'coco/bbox_AR@100' -> 'bbox_AR_100' (MLflow metric names allow no '@')."""
     return key.removeprefix("coco/").replace("@", "_")
@@ -125,30 +104,44 @@ class StopAfterEpochs(Exception):
     """Raised by the tracking hook to interrupt training on purpose (--stop-after-epochs)."""
 
 
-class TrackingHook(Hook):
-    """Per-epoch train losses, lr and val metrics to MLflow, history.csv and the cell's state file.
+class RngCheckpointHook(Hook):
+    """The global RNG states (Python, NumPy, torch; mmengine keeps only the seed) in every checkpoint.
 
-    Every checkpoint also carries what resuming from it needs beyond mmengine's own state:
-    - the global RNG states (Python, NumPy, torch; mmengine keeps only the seed), so a resumed run
-      draws the same augmentations as an uninterrupted one. Validation runs on a copy of them (its
-      DataLoader seeds an iterator from torch's RNG), so the training stream, and the state saved,
-      is the same whether a checkpoint was written before or after its epoch's validation;
-    - the training half of its epoch's history row (losses, time), so an epoch whose validation
-      was interrupted can be validated on resume: mmengine writes `last_checkpoint` when training
-      ends, before validation, and resuming would otherwise start the next epoch with this one
-      never validated (no history row, never a candidate for the best checkpoint).
+    A resumed run then draws the same augmentations as an uninterrupted one. Validation runs on a
+    copy of them (its DataLoader seeds an iterator from torch's RNG), so the training stream, and
+    the state saved, is the same whether a checkpoint was written before or after its epoch's
+    validation.
     """
 
-    priority = "LOWEST"  # after CheckpointHook has saved the epoch's checkpoints
+    priority = "LOWEST"  # after CheckpointHook: best-checkpoint saves in after_val_epoch carry the training states
 
-    def __init__(self, cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None, console=None):
-        self.cell, self.history, self.stop_after_epochs = cell, history, stop_after_epochs
-        self.console = console or sys.stdout  # the terminal, while print() goes to the log file
-        self.bar: tqdm | None = None  # one per epoch: its training and validation iterations
-        self.epochs_run = 0
-        self.sums, self.iters, self.started, self.epoch = {}, 0, time.perf_counter(), 0
-        self.trained: dict | None = None  # the training half of the current epoch's row, once it ends
+    def __init__(self):
         self.training_rng: dict | None = None  # the training RNG states, set while validating
+
+    def before_val_epoch(self, runner) -> None:
+        self.training_rng = checkpoints.global_rng_state()
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        checkpoints.set_global_rng_state(self.training_rng)
+        self.training_rng = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["skulab_rng"] = self.training_rng if self.training_rng is not None else checkpoints.global_rng_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if "skulab_rng" in checkpoint:
+            checkpoints.set_global_rng_state(checkpoint["skulab_rng"])
+
+
+class ProgressHook(Hook):
+    """One progress bar per epoch (stderr, rank 0): its training and validation iterations."""
+
+    priority = "LOWEST"
+
+    def __init__(self, cell: "DetectorCell"):
+        self.cell = cell
+        self.bar: tqdm | None = None
+        self.loss, self.iters = 0.0, 0  # the epoch's running train loss, shown on the bar
 
     def _open_bar(self, epoch: int, max_epochs: int, total: int) -> None:
         self.close_bar()
@@ -160,52 +153,18 @@ class TrackingHook(Hook):
             self.bar.close()
             self.bar = None
 
-    def _report(self, row: dict, max_epochs: int) -> None:
-        scores = "  ".join(f"{label} {row[key]:.3f}" for label, key in (("val mAP", "val_bbox_mAP"), ("mAP50", "val_bbox_mAP_50"), ("AR@100", "val_bbox_AR_100")) if key in row)
-        loss = f"loss {row['train_loss']:.3f}  " if "train_loss" in row else ""
-        tqdm.write(f"{self.cell.name} epoch {row['epoch']}/{max_epochs}: {loss}{scores}  ({row['epoch_seconds']:.0f} s)", file=self.console)
-
-    def before_train(self, runner) -> None:
-        # Resumed from the checkpoint of an epoch that has no history row: its validation was
-        # interrupted. Validate it now, as the uninterrupted run did before the next epoch. (Every
-        # hook's before_train has run, CheckpointHook's included: this hook is the last one.)
-        if self.trained is None or self.trained["epoch"] != runner.epoch or any(row["epoch"] == runner.epoch for row in self.history):
-            return
-        for hook in runner.hooks:
-            # mmengine re-saves the epoch's checkpoint when validation finds a new best (so the
-            # checkpoint names it), but only once it has saved one in this process; point it at
-            # the checkpoint resumed from.
-            if isinstance(hook, CheckpointHook) and hook.last_ckpt is None:
-                hook.last_ckpt = runner.message_hub.get_info("last_ckpt")
-        runner.val_loop.run()
-
     def before_train_epoch(self, runner) -> None:
-        self.sums, self.iters, self.started, self.trained = {}, 0, time.perf_counter(), None
-        self.epoch = runner.epoch + 1  # runner.epoch counts finished epochs
-        self._open_bar(self.epoch, runner.max_epochs, len(runner.train_dataloader) + len(runner.val_dataloader))
+        self.loss, self.iters = 0.0, 0
+        self._open_bar(runner.epoch + 1, runner.max_epochs, len(runner.train_dataloader) + len(runner.val_dataloader))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        for key, value in (outputs or {}).items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+        self.loss += float(torch.as_tensor((outputs or {}).get("loss", 0.0)).detach())
         self.iters += 1
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{self.sums.get('loss', 0.0) / self.iters:.3f}", refresh=False)
+            self.bar.set_postfix(loss=f"{self.loss / self.iters:.3f}", refresh=False)
             self.bar.update()
 
-    def _end_training(self) -> dict:
-        """The epoch's training half of its row, fixed when first asked for after training: by its checkpoint."""
-        if self.trained is None:
-            seconds = time.perf_counter() - self.started
-            losses = {f"train_{key}": value / max(self.iters, 1) for key, value in self.sums.items()}
-            self.trained = {"epoch": self.epoch, "losses": losses, "seconds": seconds, "iters": self.iters}
-        return self.trained
-
-    def after_train_epoch(self, runner) -> None:
-        self._end_training()
-        self.epochs_run += 1
-
     def before_val_epoch(self, runner) -> None:
-        self.training_rng = global_rng_state()
         if self.bar is None:  # validating a resumed epoch: no training bar to continue
             self._open_bar(runner.epoch, runner.max_epochs, len(runner.val_dataloader))
 
@@ -215,8 +174,53 @@ class TrackingHook(Hook):
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
         self.close_bar()
-        set_global_rng_state(self.training_rng)
-        self.training_rng = None
+
+
+class EpochHistoryHook(Hook):
+    """Each epoch's history row (lr, train losses, val metrics, time) and its metrics line on the console.
+
+    Every checkpoint carries the training half of its epoch's row (losses, time), so an epoch whose
+    validation was interrupted can be validated on resume (ResumeValidationHook).
+    """
+
+    priority = "LOWEST"
+
+    def __init__(self, cell: "DetectorCell", history: list[dict], console=None):
+        self.cell, self.history = cell, history
+        self.console = console or sys.stdout  # the terminal, while print() goes to the log file
+        self.sums, self.iters, self.started, self.epoch = {}, 0, time.perf_counter(), 0
+        self.trained: dict | None = None  # the training half of the current epoch's row, once it ends
+
+    def _report(self, row: dict, max_epochs: int) -> None:
+        scores = "  ".join(f"{label} {row[key]:.3f}" for label, key in (("val mAP", SELECT_METRIC), ("mAP50", "val_bbox_mAP_50"), ("AR@100", "val_bbox_AR_100")) if key in row)
+        loss = f"loss {row['train_loss']:.3f}  " if "train_loss" in row else ""
+        tqdm.write(f"{self.cell.name} epoch {row['epoch']}/{max_epochs}: {loss}{scores}  ({row['epoch_seconds']:.0f} s)", file=self.console)
+
+    def before_train_epoch(self, runner) -> None:
+        self.sums, self.iters, self.started, self.trained = {}, 0, time.perf_counter(), None
+        self.epoch = runner.epoch + 1  # runner.epoch counts finished epochs
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        for key, value in (outputs or {}).items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+        self.iters += 1
+
+    def end_training(self) -> dict:
+        """The epoch's training half of its row, fixed when first asked for after training: by its checkpoint."""
+        if self.trained is None:
+            seconds = time.perf_counter() - self.started
+            losses = {f"train_{key}": value / max(self.iters, 1) for key, value in self.sums.items()}
+            self.trained = {"epoch": self.epoch, "losses": losses, "seconds": seconds, "iters": self.iters}
+        return self.trained
+
+    def after_train_epoch(self, runner) -> None:
+        self.end_training()
+
+    def unvalidated(self, epoch: int) -> bool:
+        """Whether `epoch` was trained (its training half came with the checkpoint) but has no history row."""
+        return self.trained is not None and self.trained["epoch"] == epoch and not any(row["epoch"] == epoch for row in self.history)
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
         trained = self.trained
         if trained is None or trained["epoch"] != runner.epoch:
             raise SkulabError(f"{self.cell.model_dir}: validating epoch {runner.epoch} without its training record")
@@ -229,36 +233,87 @@ class TrackingHook(Hook):
             "seconds_per_iter": trained["seconds"] / max(trained["iters"], 1),
         }
         self.history.append(row)
-        if is_main_process():  # world_size > 1: rank 0 alone reports, logs and writes
+        if is_main_process():  # world_size > 1: rank 0 alone reports
             self._report(row, runner.max_epochs)
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
-            write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
-            self.cell.save_state(finished=False, history=self.history)
-        if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
-            raise StopAfterEpochs
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint["skulab_rng"] = self.training_rng if self.training_rng is not None else global_rng_state()
-        checkpoint["skulab_trained"] = self._end_training()
+        checkpoint["skulab_trained"] = self.end_training()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if "skulab_rng" in checkpoint:
-            set_global_rng_state(checkpoint["skulab_rng"])
         self.trained = checkpoint.get("skulab_trained")
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+class RunLogHook(Hook):
+    """Each epoch's history row to the cell's run (step: the epoch), history.csv and the cell's state file."""
+
+    priority = "LOWEST"
+
+    def __init__(self, cell: "DetectorCell", history: list[dict], logger: RunLogger):
+        self.cell, self.history, self.logger = cell, history, logger
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        if is_main_process():  # world_size > 1: rank 0 alone logs and writes
+            row = self.history[-1]
+            self.logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=runner.epoch)
+            write_csv_atomic(self.cell.metrics_dir / "history.csv", self.history)
+            self.cell.save_state(finished=False, history=self.history)
 
 
-def _code_hash(config_file: Path) -> str:
-    """This package's code and the detector's config file: a checkpoint from other code is not resumed."""
-    sources = sorted(Path(__file__).parent.glob("*.py"))
-    return params_hash({**{path.name: path.read_text() for path in sources}, "config": config_file.read_text()})
+class ResumeValidationHook(Hook):
+    """On resume, validates the epoch resumed from when its validation was interrupted.
+
+    mmengine writes `last_checkpoint` when training ends, before validation, and resuming would
+    otherwise start the next epoch with this one never validated (no history row, never a
+    candidate for the best checkpoint).
+    """
+
+    priority = "LOWEST"  # registered after mmengine's hooks: every other before_train has run, CheckpointHook's included
+
+    def __init__(self, epochs: EpochHistoryHook):
+        self.epochs = epochs
+
+    def before_train(self, runner) -> None:
+        # Resumed from the checkpoint of an epoch that has no history row: validate it now, as the
+        # uninterrupted run did before the next epoch.
+        if not self.epochs.unvalidated(runner.epoch):
+            return
+        for hook in runner.hooks:
+            # mmengine re-saves the epoch's checkpoint when validation finds a new best (so the
+            # checkpoint names it), but only once it has saved one in this process; point it at
+            # the checkpoint resumed from.
+            if isinstance(hook, CheckpointHook) and hook.last_ckpt is None:
+                hook.last_ckpt = runner.message_hub.get_info("last_ckpt")
+        runner.val_loop.run()
+
+
+class StopAfterEpochsHook(Hook):
+    """--stop-after-epochs: interrupts training on purpose after that many epochs of this process, once validated."""
+
+    priority = "LOWEST"  # registered last: after every other hook has handled the epoch's validation
+
+    def __init__(self, stop_after_epochs: int | None):
+        self.stop_after_epochs, self.epochs_run = stop_after_epochs, 0
+
+    def after_train_epoch(self, runner) -> None:
+        self.epochs_run += 1
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs and runner.epoch < runner.max_epochs:
+            raise StopAfterEpochs
+
+
+def cell_hooks(cell: "DetectorCell", history: list[dict], stop_after_epochs: int | None, logger: RunLogger, console=None) -> tuple[ProgressHook, list[Hook]]:
+    """The stage's hooks, each with one job, in the order to register them.
+
+    All are LOWEST, so they run after mmengine's (CheckpointHook has saved the epoch's checkpoints)
+    and in this order; after_val_epoch: close the bar, restore the training RNG states, add the
+    epoch's history row and print it, log it and write history.csv and the state file, then stop
+    if asked to.
+    """
+    progress = ProgressHook(cell)
+    epochs = EpochHistoryHook(cell, history, console)
+    hooks = [progress, RngCheckpointHook(), epochs, RunLogHook(cell, history, logger), ResumeValidationHook(epochs), StopAfterEpochsHook(stop_after_epochs)]
+    return progress, hooks
 
 
 class DetectorCell:
@@ -267,10 +322,12 @@ class DetectorCell:
     def __init__(self, name: str, config: DetectorConfig, repo: Path, prepared: Path, model_dir: Path, metrics_dir: Path, detections_dir: Path, dataset_hash: str):
         self.name, self.config, self.repo, self.prepared = name, config, repo, prepared
         self.model_dir, self.metrics_dir, self.detections_dir = model_dir, metrics_dir, detections_dir
-        fingerprint = {"config": config, "dataset": dataset_hash, "code": _code_hash(repo / config.config)}
+        # This package's code and the detector's config file: a checkpoint from other code is not resumed.
+        code = checkpoints.code_hash(Path(__file__).parent, {"config": (repo / config.config).read_text()})
+        fingerprint = {"config": config, "dataset": dataset_hash, "code": code}
         if config.pretrained not in ("none", "download"):  # the same path with other weights is another cell
-            fingerprint["pretrained"] = _file_hash(repo / config.pretrained)
-        self.fingerprint = params_hash(fingerprint)
+            fingerprint["pretrained"] = checkpoints.file_hash(repo / config.pretrained)
+        self.fingerprint = checkpoints.fingerprint(**fingerprint)
 
     @property
     def state_path(self) -> Path:
@@ -311,9 +368,13 @@ class DetectorCell:
         write_text_atomic(self.model_dir / "config.py", cfg.pretty_text)
         return cfg
 
-    def fit(self, cfg, run_id: str, state: dict | None, stop_after_epochs: int | None = None) -> dict | None:
-        """Train (or resume) to the configured epochs; return the final metrics, or None if stopped early."""
+    def fit(self, cfg, run_id: str, state: dict | None, stop_after_epochs: int | None = None, logger: RunLogger | None = None) -> dict | None:
+        """Train (or resume) to the configured epochs; return the final metrics, or None if stopped early.
+
+        Per-epoch rows, test metrics and the cell's files go to `logger` (the cell's run; default: none).
+        """
         self.run_id = run_id
+        logger = logger or NullLogger()
         history = list(state["history"]) if state else []
         self.save_state(finished=False, history=history)
         trust_checkpoints_under(self.model_dir)
@@ -326,16 +387,17 @@ class DetectorCell:
         log = runner_log_file(runner) if main else Path(os.devnull)
         resumed = f", resuming after epoch {len(history)}" if state else ""
         print(f"train_detector@{self.name}: mmengine's log (environment, config, every iteration) in {shown(log)}{resumed}", file=console, flush=True)
-        hook = TrackingHook(self, history, stop_after_epochs, console)
-        runner.register_hook(hook)
+        progress, hooks = cell_hooks(self, history, stop_after_epochs, logger, console)
+        for hook in hooks:
+            runner.register_hook(hook)
         try:
             with prints_to(log):
                 runner.train()
-                final = self._finish(runner, history)
+                final = self._finish(runner, history, logger)
         except StopAfterEpochs:
             return None
         finally:
-            hook.close_bar()
+            progress.close_bar()
         scores = "  ".join(f"{label} {final[key]:.3f}" for label, key in (("test mAP", "test_bbox_mAP"), ("mAP50", "test_bbox_mAP_50"), ("AR@100", "test_bbox_AR_100")) if key in final)
         print(f"{self.name} best epoch {final['best_epoch']}: {scores}; detections in {shown(self.detections_dir)}", file=console, flush=True)
         return final
@@ -366,7 +428,7 @@ class DetectorCell:
             raise SkulabError(f"{self.model_dir}: best checkpoint {best.name} is from epoch {epoch}, which has no history row")
         return best, row
 
-    def _finish(self, runner, history: list[dict]) -> dict:
+    def _finish(self, runner, history: list[dict], logger: RunLogger) -> dict:
         barrier()  # world_size > 1: rank 0 has written the last and best checkpoints
         best, best_row = self._best(runner, history)
         best_epoch = best_row["epoch"]
@@ -385,23 +447,22 @@ class DetectorCell:
         if not is_main_process():  # world_size > 1: every rank tested its shard; rank 0 writes and logs
             return final
         # Stable names for DVC and MLflow: best.pth keeps only the weights (what inference needs).
-        weights = torch.load(best, map_location="cpu", weights_only=False)
-        with atomic_path(self.model_dir / "best.pth") as tmp:
-            torch.save({"state_dict": weights["state_dict"], "meta": weights.get("meta", {})}, tmp)
+        weights = checkpoints.load(best)
+        checkpoints.save({"state_dict": weights["state_dict"], "meta": weights.get("meta", {})}, self.model_dir / "best.pth")
         best.unlink()
         last.replace(self.model_dir / "last.pth")
         (self.model_dir / "last_checkpoint").unlink()
         self.save_state(finished=True, history=history)
-        mlflow.log_metrics({k: v for k, v in final.items() if k.startswith("test_")})
-        mlflow.log_metric("best_epoch", best_epoch)
+        logger.log_metrics({k: v for k, v in final.items() if k.startswith("test_")})
+        logger.log_metric("best_epoch", best_epoch)
         write_json_atomic(self.metrics_dir / "final.json", final)
         plot_history(history, self.metrics_dir / "curves.png", f"train_detector@{self.name}", DETECTOR_SCORES, "val COCO bbox")
         for path in ("final.json", "history.csv", "curves.png"):
-            mlflow.log_artifact(str(self.metrics_dir / path), artifact_path="metrics")
-        mlflow.log_artifact(str(self.model_dir / "config.py"), artifact_path="config")
-        mlflow.log_artifact(str(self.detections_file), artifact_path="detections")
-        mlflow.log_artifact(str(self.val_detections_file), artifact_path="detections")
+            logger.log_artifact(self.metrics_dir / path, artifact_path="metrics")
+        logger.log_artifact(self.model_dir / "config.py", artifact_path="config")
+        logger.log_artifact(self.detections_file, artifact_path="detections")
+        logger.log_artifact(self.val_detections_file, artifact_path="detections")
         for path in ("best.pth", "last.pth"):
-            mlflow.log_artifact(str(self.model_dir / path), artifact_path="checkpoints")
+            logger.log_artifact(self.model_dir / path, artifact_path="checkpoints")
         return final
 

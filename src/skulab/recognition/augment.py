@@ -1,13 +1,18 @@
-"""Train-time augmentation by name, from torchvision transforms v2, on uint8 CHW tensors."""
+"""Train-time augmentation by name, from torchvision transforms v2, on uint8 CHW tensors.
+
+Each augmentation is a function here (image_size -> transforms) plus its record in skulab/axes.py.
+"""
 
 import torch
 from torchvision.transforms import v2
+
+from skulab import axes
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _basic(size):
-    pad = round(size * 1.15)
+    pad = axes.basic_resize(size)  # round(size x BASIC_RESIZE)
     return [v2.Resize((pad, pad), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
 
 
@@ -55,7 +60,9 @@ def timm(size):
     ]
 
 
-AUGMENTS = {f.__name__: f for f in (none, basic, autoaugment, randaugment, trivialaugment, timm)}
+AUGMENTS = {name: info.build for name, info in axes.full_table(
+    "augmentations", axes.AUGMENTATIONS, axes.Built, none, basic, autoaugment, randaugment, trivialaugment, timm
+).items()}  # name -> (image_size -> transforms)
 
 
 def _normalize():

@@ -1,4 +1,4 @@
-"""Backbones by name, built with timm; adding one is one line in BACKBONES.
+"""Backbones by name, built with timm; adding one is one record in skulab/axes.py (its timm model name).
 
 Pretrained weights come from `pretrained`: `none` (random init, the default), `imagenet` (timm's
 download; needs network) or a local file, for machines without network: a state dict saved with
@@ -18,16 +18,11 @@ import torch
 from timm.models import load_state_dict
 from torch import nn
 
+from skulab import axes
 from skulab.errors import SkulabError
 
-# skulab name -> timm model name
-BACKBONES = {
-    "mobilenetv3_small": "mobilenetv3_small_100",
-    "mobilenetv3_large": "mobilenetv3_large_100",
-    "resnet18": "resnet18",
-    "resnet50": "resnet50",
-    "efficientnet_b0": "efficientnet_b0",
-}
+# skulab name -> timm model name, from the records
+BACKBONES = {name: entry.timm_name for name, entry in axes.BACKBONES.items()}
 
 SHOWN_KEYS = 3  # keys named per kind of mismatch in an error
 

@@ -1,7 +1,9 @@
 """One cell of the recognizer grid: resolve its config, open (or reopen) its MLflow run, train.
 
 With world_size > 1 every rank runs train_cell under torchrun (the stage script starts it):
-each joins the process group, rank 0 alone opens the MLflow run and writes the cell's files.
+each joins the process group, rank 0 alone opens the MLflow run and writes the cell's files. The
+training code logs through the skulab.tracking.RunLogger it is handed: the run's MlflowLogger on
+rank 0, a NullLogger on the others.
 """
 
 import json
@@ -13,7 +15,7 @@ from skulab.io import write_json_atomic
 from skulab.layout import RECOGNIZER_METRICS, RECOGNIZER_MODELS, recognizer_cell
 from skulab.params import Params
 from skulab.recognition.train import CellTrainer, resolve_device
-from skulab.tracking import existing_run, stage_run
+from skulab.tracking import MlflowLogger, NullLogger, existing_run, stage_run
 
 
 def cell_world_size(params: Params, variant: str, seed: int) -> int:
@@ -42,7 +44,7 @@ def train_cell(params: Params, variant: str, seed: int, crops: Path, stop_after_
         trainer = CellTrainer(config, seed, crops, RECOGNIZER_MODELS / cell, RECOGNIZER_METRICS / cell, ranks=ranks)
         checkpoint = trainer.resumable()
         if not ranks.main:  # trains its share; rank 0 owns the MLflow run and the files
-            return trainer.fit(None, checkpoint, stop_after_epochs)
+            return trainer.fit(None, checkpoint, stop_after_epochs, logger=NullLogger())
         logged = {"variant": variant, "seed": seed, **config.model_dump(mode="json")}
         resumed_run = existing_run(checkpoint["run_id"]) if checkpoint else None
         with stage_run(stage, params.mlflow.experiment, logged, dataset_hash, run_id=resumed_run) as run:
@@ -59,4 +61,4 @@ def train_cell(params: Params, variant: str, seed: int, crops: Path, stop_after_
                     "test_detector": crop_stats["test_detector"],
                 },
             )
-            return trainer.fit(run_id, checkpoint, stop_after_epochs)
+            return trainer.fit(run_id, checkpoint, stop_after_epochs, logger=MlflowLogger())

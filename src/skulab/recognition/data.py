@@ -35,7 +35,7 @@ def load_classes(crops: Path) -> dict[int, str]:
         raise SkulabError(f"{path}: missing; run the crop stage first") from None
 
 
-def load_split(crops: Path, split: str) -> CropSet:
+def load_crops(crops: Path, split: str) -> CropSet:
     """All crops of one split, as stored by the crop stage (squares of crop.stored_size)."""
     classes = load_classes(crops)
     index_of = {class_id: i for i, class_id in enumerate(sorted(classes))}

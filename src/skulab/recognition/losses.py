@@ -2,10 +2,10 @@
 
 Classification losses read the classifier logits; metric losses (pytorch-metric-learning) read the
 embedding before the BNNeck and need a PK batch (see sampler.py) so every anchor has a positive
-and a negative.
+and a negative. Each loss is a builder here plus its record in skulab/axes.py (the keys it reads,
+its kind, a description); the kind helpers below read the records.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,17 +13,14 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners
 
+from skulab import axes
+from skulab.axes import active_losses, losses_of_kind, uses_classifier, uses_metric_loss  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
-class LossInfo:
-    """One table entry: its builder, the config keys it reads, and its kind (what it reads from the head)."""
-
-    name: str
-    build: Callable  # config -> (RecognizerOutput, labels) -> loss
-    reads: frozenset[str]
-    kind: str  # "classification" (logits) or "metric" (embedding, PK batches)
-    description: str
-    ignores: Callable = lambda cfg: {}  # config -> {key in reads it leaves unused here: why}
+class LossInfo(axes.Built):
+    """One table entry: its record (name, reads, kind: classification (logits) or metric (embedding, PK
+    batches), description, ignores) and its builder, config -> (RecognizerOutput, labels) -> loss."""
 
 
 def ce(cfg):
@@ -59,32 +56,9 @@ def multi_similarity(cfg):
     return _mined(loss, miners.MultiSimilarityMiner(epsilon=cfg.ms_miner_epsilon))
 
 
-def _table(*infos: LossInfo) -> dict[str, LossInfo]:
-    return {info.name: info for info in infos}
-
-
-_PK = {"sampler_k"}  # metric losses train on PK batches
-LOSSES = _table(
-    LossInfo("ce", ce, frozenset(), "classification", "cross-entropy"),
-    LossInfo("ce_label_smoothing", ce_label_smoothing, frozenset({"label_smoothing"}), "classification", "cross-entropy with label smoothing"),
-    LossInfo(
-        "triplet",
-        triplet,
-        frozenset({"triplet_margin", "triplet_soft_margin"} | _PK),
-        "metric",
-        "batch-hard triplet, hinge margin or soft margin",
-        ignores=lambda cfg: {"triplet_margin": "triplet_soft_margin is true"} if cfg.triplet_soft_margin else {},
-    ),
-    LossInfo(
-        "multi_similarity",
-        multi_similarity,
-        frozenset({"ms_alpha", "ms_beta", "ms_base", "ms_miner_epsilon"} | _PK),
-        "metric",
-        "multi-similarity loss with its pair miner",
-    ),
-)
-CLASSIFICATION_LOSSES = frozenset(name for name, info in LOSSES.items() if info.kind == "classification")
-METRIC_LOSSES = frozenset(name for name, info in LOSSES.items() if info.kind == "metric")
+LOSSES = axes.full_table("losses", axes.LOSSES, LossInfo, ce, ce_label_smoothing, triplet, multi_similarity)
+CLASSIFICATION_LOSSES = losses_of_kind("classification")
+METRIC_LOSSES = losses_of_kind("metric")
 
 
 class WeightedLoss:
@@ -97,15 +71,3 @@ class WeightedLoss:
         parts = {name: fn(out, labels) for name, (_, fn) in self.terms.items()}
         total = sum(self.terms[name][0] * value for name, value in parts.items())
         return total, {name: value.item() for name, value in parts.items()}
-
-
-def active_losses(loss: dict[str, float]) -> list[str]:
-    return [name for name, weight in loss.items() if weight > 0]
-
-
-def uses_metric_loss(loss: dict[str, float]) -> bool:
-    return any(name in METRIC_LOSSES for name in active_losses(loss))
-
-
-def uses_classifier(loss: dict[str, float]) -> bool:
-    return any(name in CLASSIFICATION_LOSSES for name in active_losses(loss))

@@ -4,7 +4,8 @@
 groups: 1-D parameters (norm layers, biases, the BNNeck) get no weight decay unless
 `decay_norm_and_bias` (timm's `param_groups_weight_decay`, as timm and fast-reid do).
 
-Weight decay comes in two forms, recorded per entry (`decay`):
+Each optimizer is a builder here plus its record in skulab/axes.py (the keys it reads, its kind =
+its weight-decay form, a description). Weight decay comes in two forms (`kind`, also `decay`):
   L2        weight_decay * p is added to the gradient, so adaptive methods rescale it;
   decoupled p *= 1 - lr * weight_decay, apart from the gradient (AdamW).
 The RAdam family (radam, radam_lookahead, ranger) shares the form and eps, so `radam_lookahead`
@@ -12,7 +13,6 @@ differs from `radam` only by Lookahead and `ranger` from `radam_lookahead` only 
 centralization.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,24 +20,24 @@ from pytorch_optimizer import Lookahead, Ranger
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from skulab import axes
+
 EPS = 1e-8  # torch.optim's default, for every adaptive optimizer here (Ranger's own default is 1e-5)
 RADAM_THRESHOLD = 5  # RAdam rectifies once its variance estimate's length rho_t exceeds 5 (torch.optim.RAdam)
 
 
 @dataclass(frozen=True)
-class OptimizerInfo:
-    """One table entry: its builder, the config keys it reads, and its weight-decay form."""
+class OptimizerInfo(axes.Built):
+    """One table entry: its record (name, reads, kind = weight-decay form, description) and its builder,
+    (param groups, config) -> optimizer."""
 
-    name: str
-    build: Callable[[list[dict], object], torch.optim.Optimizer]  # (param groups, config) -> optimizer
-    reads: frozenset[str]
-    decay: str  # "L2" or "decoupled" (module docstring)
-    description: str
-    ignores: Callable = lambda cfg: {}  # config -> {key in reads it leaves unused here: why}
+    @property
+    def decay(self) -> str:
+        return self.entry.kind  # "L2" or "decoupled" (module docstring)
 
 
 # Every optimizer reads these through create_optimizer.
-COMMON_KEYS = frozenset({"lr", "weight_decay", "decay_norm_and_bias"})
+COMMON_KEYS = axes.OPTIMIZER_COMMON_KEYS
 
 
 def adam(groups, cfg):
@@ -90,24 +90,7 @@ def ranger(groups, cfg):
     )
 
 
-def _table(*infos: OptimizerInfo) -> dict[str, OptimizerInfo]:
-    return {info.name: info for info in infos}
-
-
-_ADAPTIVE = {"betas"}
-_LOOKAHEAD = {"lookahead_k", "lookahead_alpha"}
-OPTIMIZERS = _table(
-    OptimizerInfo("adam", adam, COMMON_KEYS | _ADAPTIVE, "L2", "torch.optim.Adam"),
-    OptimizerInfo("adamw", adamw, COMMON_KEYS | _ADAPTIVE, "decoupled", "torch.optim.AdamW"),
-    OptimizerInfo("sgd", sgd, COMMON_KEYS | {"momentum"}, "L2", "torch.optim.SGD, Nesterov when momentum > 0"),
-    OptimizerInfo("radam", radam, COMMON_KEYS | _ADAPTIVE, "L2", "torch.optim.RAdam"),
-    OptimizerInfo(
-        "radam_lookahead", radam_lookahead, COMMON_KEYS | _ADAPTIVE | _LOOKAHEAD, "L2", "radam inside pytorch_optimizer's Lookahead"
-    ),
-    OptimizerInfo(
-        "ranger", ranger, COMMON_KEYS | _ADAPTIVE | _LOOKAHEAD, "L2", "radam_lookahead + gradient centralization (pytorch_optimizer.Ranger)"
-    ),
-)
+OPTIMIZERS = axes.full_table("optimizers", axes.OPTIMIZERS, OptimizerInfo, adam, adamw, sgd, radam, radam_lookahead, ranger)
 
 
 def param_groups(model: nn.Module, cfg) -> list[dict]:

@@ -7,37 +7,18 @@ for `constant` warmup). Epochs are converted to iterations by rounding, which ne
 iterations per epoch: a warm-up or milestone that the rounding erases stops training with an error.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch.optim import lr_scheduler as sched
 
-from skulab.errors import SkulabError
+from skulab import axes
+from skulab.axes import schedule_iterations
 
 
 @dataclass(frozen=True)
-class ScheduleInfo:
-    """One table entry: its builder and the config keys it reads."""
-
-    name: str
-    build: Callable  # (optimizer, config, iterations per epoch) -> LRScheduler
-    reads: frozenset[str]
-    description: str
-    ignores: Callable = lambda cfg: {}  # config -> {key in reads it leaves unused here: why}
-
-
-def _iters(epochs: float, iters_per_epoch: int) -> int:
-    return round(epochs * iters_per_epoch)
-
-
-def _warmup_iters(cfg, iters_per_epoch: int) -> int:
-    warmup_iters = _iters(cfg.warmup_epochs, iters_per_epoch)
-    if cfg.warmup_epochs > 0 and warmup_iters == 0:
-        raise SkulabError(
-            f"recognizer: warmup_epochs {cfg.warmup_epochs:g} is 0 warm-up iterations at {iters_per_epoch} "
-            f"iterations per epoch; set warmup_epochs to 0 or at least {1 / iters_per_epoch:.3g}"
-        )
-    return warmup_iters
+class ScheduleInfo(axes.Built):
+    """One table entry: its record (name, reads, description, its epochs-to-iterations arithmetic) and
+    its builder, (optimizer, config, iterations per epoch) -> LRScheduler."""
 
 
 def _warmup(optimizer, cfg, warmup_iters):
@@ -57,49 +38,20 @@ def constant(optimizer, cfg, iters_per_epoch):
 
 
 def warmup_multistep(optimizer, cfg, iters_per_epoch):
-    warmup_iters = _warmup_iters(cfg, iters_per_epoch)
-    at = [_iters(m, iters_per_epoch) for m in cfg.milestones]
-    if any(a <= b for a, b in zip(at, [warmup_iters, *at])):
-        raise SkulabError(
-            f"recognizer: milestones {cfg.milestones} are iterations {at} at {iters_per_epoch} iterations per epoch, "
-            f"not increasing after the {warmup_iters} warm-up iterations; space them further apart"
-        )
-    main = sched.MultiStepLR(optimizer, milestones=[a - warmup_iters for a in at], gamma=cfg.gamma)
-    return _with_warmup(optimizer, cfg, warmup_iters, main)
+    it = axes.multistep_iterations(cfg, iters_per_epoch)
+    main = sched.MultiStepLR(optimizer, milestones=[a - it.warmup for a in it.milestones], gamma=cfg.gamma)
+    return _with_warmup(optimizer, cfg, it.warmup, main)
 
 
 def warmup_cosine(optimizer, cfg, iters_per_epoch):
-    warmup_iters = _warmup_iters(cfg, iters_per_epoch)
-    total_iters = cfg.epochs * iters_per_epoch
-    if warmup_iters >= total_iters:
-        raise SkulabError(f"recognizer: warmup_epochs {cfg.warmup_epochs:g} rounds to the whole {total_iters} iterations; shorten it")
-    main = sched.CosineAnnealingLR(optimizer, T_max=total_iters - warmup_iters, eta_min=cfg.lr * cfg.end_lr_factor)
-    return _with_warmup(optimizer, cfg, warmup_iters, main)
+    it = axes.cosine_iterations(cfg, iters_per_epoch)
+    main = sched.CosineAnnealingLR(optimizer, T_max=it.total - it.warmup, eta_min=cfg.lr * cfg.end_lr_factor)
+    return _with_warmup(optimizer, cfg, it.warmup, main)
 
 
-def _table(*infos: ScheduleInfo) -> dict[str, ScheduleInfo]:
-    return {info.name: info for info in infos}
-
-
-_WARMUP = frozenset({"warmup_epochs", "warmup_method", "warmup_factor"})
-
-
-def _warmup_off(cfg) -> dict[str, str]:
-    return {key: "warmup_epochs is 0" for key in ("warmup_method", "warmup_factor")} if cfg.warmup_epochs == 0 else {}
-
-
-SCHEDULES = _table(
-    ScheduleInfo("constant", constant, frozenset(), "the base lr throughout"),
-    ScheduleInfo(
-        "warmup_multistep", warmup_multistep, _WARMUP | {"milestones", "gamma"}, "warm-up, then lr x gamma at each milestone", _warmup_off
-    ),
-    ScheduleInfo(
-        "warmup_cosine", warmup_cosine, _WARMUP | {"end_lr_factor"}, "warm-up, then cosine decay to lr x end_lr_factor", _warmup_off
-    ),
-)
+SCHEDULES = axes.full_table("schedules", axes.SCHEDULES, ScheduleInfo, constant, warmup_multistep, warmup_cosine)
 
 
 def create_schedule(optimizer, cfg, iters_per_epoch: int) -> sched.LRScheduler:
-    if iters_per_epoch < 1:
-        raise SkulabError("recognizer: 0 iterations per epoch (the train split is smaller than batch_size); lower batch_size")
+    schedule_iterations(cfg, iters_per_epoch)  # refuses what rounding to iterations erases (as `skulab check`)
     return SCHEDULES[cfg.schedule].build(optimizer, cfg, iters_per_epoch)

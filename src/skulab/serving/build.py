@@ -27,24 +27,23 @@ from mlflow.exceptions import MlflowException
 
 import skulab
 from skulab import shelf
-from skulab.crop import SELECT_METRIC as DETECTOR_SELECT_METRIC
+from skulab.detection import SELECT_METRIC as DETECTOR_SELECT_METRIC
 from skulab.crop import choose_detector
 from skulab.data.coco import load_card, load_split
 from skulab.errors import SkulabError
 from skulab.io import read_csv, read_json, write_json_atomic, write_text_atomic
-from skulab.layout import CROPS, DETECTOR_METRICS, DETECTOR_MODELS, METRICS, PREPARED, RECOGNIZER_METRICS, RECOGNIZER_MODELS
+from skulab.layout import CROPS, DETECTOR_METRICS, DETECTOR_MODELS, PACKAGE, PREPARED, RECOGNIZER_METRICS, RECOGNIZER_MODELS, SUMMARY_JSON
 from skulab.params import Params
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform
-from skulab.recognition.data import load_split as load_crops
-from skulab.recognition.head import Recognizer
+from skulab.recognition.data import load_crops
+from skulab.recognition.head import DEFAULT_HEAD, Recognizer, build_recognizer
 from skulab.recognition.losses import uses_classifier
 from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN
 from skulab.serving.pyfunc import request_frame, signature
 from skulab.summary import shelf_per_cell
 from skulab.tracking import stage_run, tracking_uri
 
-PACKAGE_DIR = Path("models/package")
 MODEL_CODE = Path(__file__).with_name("shelf_model.py")
 LOCK_FILE = Path("requirements.lock")
 # What the model imports at inference (its code travels with it); pins come from requirements.lock,
@@ -91,7 +90,7 @@ def pinned_requirements(lock: Path = LOCK_FILE) -> list[str]:
     return [pins[_canonical(name)] for name in RUNTIME_PACKAGES] + [mmcv, f"-c {lock.resolve()}"]
 
 
-def choose_recognizer(choice: str, summary_path: Path = METRICS / "summary.json") -> str:
+def choose_recognizer(choice: str, summary_path: Path = SUMMARY_JSON) -> str:
     """The recognizer cell `<variant>-<seed>`: named in params, or the summary's best by the val ranking metric."""
     if choice != "best":
         return choice
@@ -183,7 +182,7 @@ def crop_settings(crop, stats: dict) -> dict:
 
 
 def recognizer_from(parts: Parts) -> Recognizer:
-    model = Recognizer(parts.config["backbone"], len(parts.class_names), parts.config["embedding_dim"], pretrained="none")
+    model = build_recognizer(parts.config, len(parts.class_names), pretrained="none")
     model.load_state_dict(parts.checkpoint["model"])
     return model.eval()
 
@@ -229,7 +228,7 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
         "class_names": parts.class_names,
         "detector": detector,
         "recognizer": {
-            "cell": parts.cell, "backbone": parts.config["backbone"], "embedding_dim": parts.config["embedding_dim"],
+            "cell": parts.cell, "backbone": parts.config["backbone"], "head": parts.config.get("head", DEFAULT_HEAD), "embedding_dim": parts.config["embedding_dim"],
             "image_size": image_size, "loss": parts.config["loss"], "has_classifier": parts.has_classifier,
         },
         "crop": crop_settings(crop, parts.stats),
@@ -492,11 +491,11 @@ def package_stage(params: Params) -> dict:
             summary["shelf"] = shelf_metrics
         card = model_card(parts, params, summary, settings, reject, shelf_metrics, {"name": example_image.name, **answer[0]})
         client.update_model_version(package.model_name, version, description=card)
-        PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(PACKAGE_DIR / "model_card.md", card)
-        write_json_atomic(PACKAGE_DIR / "package.json", summary)
+        PACKAGE.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(PACKAGE / "model_card.md", card)
+        write_json_atomic(PACKAGE / "package.json", summary)
         for name in ("model_card.md", "package.json"):
-            mlflow.log_artifact(str(PACKAGE_DIR / name), artifact_path="package")
+            mlflow.log_artifact(str(PACKAGE / name), artifact_path="package")
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "version"}
         numbers |= {f"shelf_{k}": v for k, v in (shelf_metrics or {}).items() if isinstance(v, float)}
         if parts.detector:
@@ -506,6 +505,6 @@ def package_stage(params: Params) -> dict:
         mlflow.set_tag("registered_model", f"{package.model_name}/{version}")
         print(
             f"package: {parts.detector or 'no detector'} + {parts.cell} registered as models:/{package.model_name}/{version} "
-            f"(alias {package.alias}); card: {PACKAGE_DIR / 'model_card.md'}"
+            f"(alias {package.alias}); card: {PACKAGE / 'model_card.md'}"
         )
         return summary

@@ -8,7 +8,7 @@ image, the boxes of the detector cell and the labels of the recognizer cell:
 - detections are kept as the crop stage keeps them (`crop.score_threshold`, at most
   `crop.max_detections` by score, none smaller than `crop.min_box_size`) and cut with
   `crop.padded_box` from the image as the crop stage reads it (Pillow);
-- each crop is resized as `recognition.data.load_split` stores it, embedded with
+- each crop is resized as `recognition.data.load_crops` stores it, embedded with
   `recognition.evaluation.embed` and answered with `recognition.evaluation.predict` against the
   train-set class prototypes: the head's answer and confidence, and the nearest prototype with its
   cosine similarity;
@@ -33,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from skulab.crop import cut, padded_box
 from skulab.recognition import evaluation
 from skulab.recognition.augment import eval_transform
-from skulab.recognition.head import Recognizer
+from skulab.recognition.head import build_recognizer
 
 UNKNOWN = "unknown"
 SETTINGS_FORMAT = 2  # 2: crop.stored_size and the resolved score threshold in settings["crop"]
@@ -155,7 +155,7 @@ class Predictor:
         self.settings = settings
         self.class_names: list[str] = settings["class_names"]
         recognizer = settings["recognizer"]
-        self.model = Recognizer(recognizer["backbone"], len(self.class_names), recognizer["embedding_dim"], pretrained="none")
+        self.model = build_recognizer(recognizer, len(self.class_names), pretrained="none")  # no "head": bnneck (before heads)
         self.model.load_state_dict(recognizer_state)
         self.model.to(device).eval()
         self.has_classifier = bool(recognizer["has_classifier"])
