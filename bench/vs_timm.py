@@ -10,8 +10,12 @@ ground-truth test crops (`test_gt`; val when the crops have none) and on the det
   classifier), `timm.data.create_transform(is_training=True)` on PIL images (its eval transform for
   val and test), `timm.optim.create_optimizer_v2` (no decay on norms and biases),
   `timm.scheduler.create_scheduler_v2` stepped per update, `timm.loss.LabelSmoothingCrossEntropy`;
-- skulab: a real cell, `skulab.recognition.train.CellTrainer.fit`, with `augment: timm` and
-  `loss: {ce_label_smoothing: 1.0}` (its embedding -> BNNeck -> classifier head, its eval transform).
+- skulab: a real cell, `skulab.recognition.train.CellTrainer.fit`, with `augment: timm`,
+  `loss: {ce_label_smoothing: 1.0}` and `head: linear` (timm's classifier on the pooled features;
+  `--head bnneck` for the embedding -> BNNeck -> classifier head), and its own eval transform.
+
+`--seeds 0 1 2` trains both paths once per seed (alternating order) and reports the mean top-1 over
+the seeds beside each seed's: one seed's top-1 on ~400 test crops moves by a few points.
 
 Both read the crops through `skulab.recognition.data.load_crops` (the timm path turns them into PIL
 images once, so neither pays for decoding), use the DataLoader in the main process (no workers,
@@ -31,7 +35,6 @@ use `--threads 1`: torch's OpenMP threads otherwise spin-wait for each other (10
 
 import argparse
 import copy
-import inspect
 import json
 import os
 import platform
@@ -73,10 +76,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _config(params_file: Path, epochs: int | None) -> RecognizerConfig:
-    """recognizer.base with the timm augmentation and label smoothing; --epochs scales the milestones."""
+def _config(params_file: Path, epochs: int | None, head: str = "linear") -> RecognizerConfig:
+    """recognizer.base with the timm augmentation, label smoothing and `head`; --epochs scales the milestones."""
     base = dict(load_params(params_file, sections=("recognizer",)).recognizer.base)
-    base.update(augment="timm", loss={"ce_label_smoothing": 1.0})
+    base.update(augment="timm", loss={"ce_label_smoothing": 1.0}, head=head)
     if epochs is not None and epochs != base["epochs"]:
         scale = epochs / base["epochs"]
         base["milestones"] = [m * scale for m in base["milestones"]]
@@ -89,10 +92,8 @@ def _config(params_file: Path, epochs: int | None) -> RecognizerConfig:
 
 
 def _load(crops: Path, split: str, image_size: int) -> CropSet:
-    """load_crops, whichever signature this checkout has (the store's size, or a storage size to resize to)."""
-    if len(inspect.signature(load_crops).parameters) == 2:
-        return load_crops(crops, split)
-    return load_crops(crops, split, round(image_size * 1.15))
+    """The crop stage's store of one split (image_size is checked against it by the cell)."""
+    return load_crops(crops, split)
 
 
 def _eval_split(crops: Path) -> str:
@@ -262,10 +263,10 @@ def run_skulab(cfg: RecognizerConfig, crops: Path, seed: int, workdir: Path) -> 
     eval_split = _eval_split(crops)
     from timm.data import create_transform
 
-    from skulab.recognition.head import Recognizer
+    from skulab.recognition.head import build_recognizer
 
     crops_eval = _load(crops, eval_split, cfg.image_size).products()
-    model = Recognizer(cfg.backbone, len(crops_eval.class_names), cfg.embedding_dim)
+    model = build_recognizer(cfg, len(crops_eval.class_names), pretrained="none")
     model.load_state_dict(torch.load(workdir / "model" / "best.pt", map_location="cpu", weights_only=False)["model"])
     return {
         "eval_top1_other_eval_transform": _top1(model, _pil(crops_eval), crops_eval.labels, create_transform(cfg.image_size)),
@@ -340,11 +341,20 @@ def _median(history: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+ACCURACIES = ("eval_top1", "eval_top1_other_eval_transform", "test_top1", "val_top1")
+
+
 def _summary(rounds: list[dict]) -> dict:
-    """Accuracy of the first round (later rounds repeat it: same seed), epoch times over every round's epochs."""
+    """Accuracies: the mean over seeds of each seed's first round (later rounds repeat it); epoch times over every round's epochs."""
     every = [row for result in rounds for row in result["history"]]
+    per_seed: dict[int, dict] = {}
+    for result in rounds:
+        per_seed.setdefault(result.get("seed", 0), result)
     return {
         **{k: v for k, v in rounds[0].items() if k != "history"},
+        **{key: statistics.mean(result[key] for result in per_seed.values()) for key in ACCURACIES},
+        "eval_top1_by_seed": {str(seed): result["eval_top1"] for seed, result in per_seed.items()},
+        "first_val_top1": rounds[0]["val_top1"],
         "eval_top1_every_round": [result["eval_top1"] for result in rounds],
         "train_epoch_seconds": _median(every, "train_seconds"),
         "train_epoch_cpu_seconds": _median(every, "train_cpu_seconds"),
@@ -367,19 +377,20 @@ def _markdown(out: dict) -> str:
         f"{cfg['epochs']} epochs of batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} weight decay {cfg['weight_decay']} "
         f"(none on norms and biases), {cfg['schedule']} (warm-up {cfg['warmup_epochs']:g} epochs from x{cfg['warmup_factor']}, "
         f"milestones {cfg['milestones']}, gamma {cfg['gamma']}) per update, label smoothing {cfg['label_smoothing']}, timm's "
-        f"default train augmentation, seed {out['seed']}, best val epoch; {out['rounds']} round(s) per path in alternating order "
-        "(accuracy of the first; epoch times: median over every round's epochs). See bench/vs_timm.py for what each path does.",
+        f"default train augmentation, seeds {', '.join(map(str, out['seeds']))} (accuracies: mean over the seeds), best val epoch; "
+        f"{out['rounds']} round(s) per path and seed in alternating order (epoch times: median over every round's epochs). "
+        f"skulab's cell has `head: {cfg['head']}`. See bench/vs_timm.py for what each path does.",
         "",
-        "| path | top-1, " + split + " | same model, the other path's eval transform | top-1, detector's test crops | val top-1 (best epoch) "
+        "| path | top-1, " + split + " | per seed | same model, the other path's eval transform | top-1, detector's test crops | val top-1 (best epoch) "
         "| train s/epoch (median) | train CPU s/epoch | s/epoch with its validation |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in (("timm", "timm: create_model, create_transform (PIL), create_optimizer_v2, create_scheduler_v2, LabelSmoothingCrossEntropy"),
-                        ("skulab", "skulab: CellTrainer, `augment: timm`, `ce_label_smoothing`")):
+                        ("skulab", f"skulab: CellTrainer, `augment: timm`, `ce_label_smoothing`, `head: {cfg['head']}`")):
         p = out["paths"][name]
         cpu = f"{p['train_epoch_cpu_seconds']:.2f}" if p["train_epoch_cpu_seconds"] is not None else "n/a"
         lines.append(
-            f"| {label} | {p['eval_top1']:.3f} | {p['eval_top1_other_eval_transform']:.3f} | {p['test_top1']:.3f} | {p['val_top1']:.3f} (epoch {p['best_epoch']}) | "
+            f"| {label} | {p['eval_top1']:.3f} | {', '.join(f'{v:.3f}' for v in p['eval_top1_by_seed'].values())} | {p['eval_top1_other_eval_transform']:.3f} | {p['test_top1']:.3f} | {p['val_top1']:.3f} (epoch {p['best_epoch']}) | "
             f"{p['train_epoch_seconds']:.2f} | {cpu} | {p['epoch_seconds_with_val']:.2f} |"
         )
     goal = out["goal"]
@@ -390,7 +401,7 @@ def _markdown(out: dict) -> str:
         f"**{'met' if goal['epoch_time_met'] else 'not met'}** ({goal['epoch_time_ratio']:.2f}x wall"
         + (f", {goal['epoch_cpu_time_ratio']:.2f}x CPU)." if goal["epoch_cpu_time_ratio"] else ")."),
         "",
-        "Per epoch of the first round (train s, val top-1):",
+        "Per epoch of the first seed's first round (train s, val top-1):",
         "",
         "| epoch | timm train s | timm val top-1 | skulab train s | skulab val top-1 |",
         "|---:|---:|---:|---:|---:|",
@@ -401,11 +412,11 @@ def _markdown(out: dict) -> str:
         lines += [
             "",
             "Which part makes the difference: timm's recipe (its loop, optimizer, scheduler, loss, eval transform) "
-            "with one skulab part swapped in, same seed:",
+            f"with one skulab part swapped in, seed {out['seeds'][0]} only:",
             "",
             "| run | top-1, " + split + " | val top-1 (best epoch) | val top-1 per epoch |",
             "|---|---:|---:|---|",
-            f"| timm's recipe as above | {timm_['eval_top1']:.3f} | {timm_['val_top1']:.3f} (epoch {timm_['best_epoch']}) | "
+            f"| timm's recipe as above (seed {out['seeds'][0]}) | {timm_['eval_top1_by_seed'][str(out['seeds'][0])]:.3f} | {timm_['first_val_top1']:.3f} (epoch {timm_['best_epoch']}) | "
             + ", ".join(f"{row['val_top1']:.3f}" for row in timm_["history"]) + " |",
         ]
         labels = {
@@ -433,8 +444,8 @@ def _markdown(out: dict) -> str:
         lines += ["", out["note"]]
     lines += [
         "",
-        "The two heads differ by design: timm's classifier on pooled features, skulab's embedding -> BNNeck -> "
-        "classifier; evaluation transforms too (timm: resize to image_size / 0.875 and centre crop; skulab: resize). "
+        "skulab's `head: linear` is timm's classifier on pooled features; its default `head: bnneck` (embedding -> BNNeck -> "
+        "classifier) serves metric losses and mixes. Evaluation transforms differ (timm: resize to image_size / 0.875 and centre crop; skulab: resize). "
         "Timings on a shared machine vary from run to run; the CPU seconds show how much of an epoch was spent "
         "computing rather than waiting.",
     ]
@@ -446,8 +457,10 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--crops", default=str(REPO / "data/crops"), help="the crop stage's output folder")
     parser.add_argument("--epochs", type=int, help="shorten both runs (default: recognizer.base.epochs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=1, help="train both paths this many times, in alternating order, for the epoch times")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train both paths once per seed; accuracies are means over them")
+    parser.add_argument("--head", choices=("linear", "bnneck"), default="linear", help="the skulab cell's head (default: %(default)s, timm's)")
+    parser.add_argument("--rounds", type=int, default=1, help="train both paths this many times per seed, in alternating order, for the epoch times")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     parser.add_argument("--threads", type=int, default=0, help="torch threads in both runs (0: torch's default, one per core)")
     parser.add_argument("--note", default="", help="a sentence for the report (where the crops came from, the machine's load)")
     parser.add_argument("--out", default=str(REPO / "metrics/bench/vs_timm"), help="output path stem")
@@ -460,21 +473,25 @@ def main() -> None:
         return _child(args)
     started = time.perf_counter()
     crops = Path(args.crops).resolve()
-    cfg = _config(Path(args.params), args.epochs)
+    cfg = _config(Path(args.params), args.epochs, args.head)
     results, seconds = {what: [] for what in PATHS}, {}
-    for round_ in range(args.rounds):  # alternating order: timm, skulab, skulab, timm, ...
-        for what in PATHS if round_ % 2 == 0 else PATHS[::-1]:
-            result, seconds[f"{what}_round_{round_ + 1}"] = _spawn(what, cfg, crops, args.seed, args.threads)
-            results[what].append(result)
-            print(f"{what} round {round_ + 1}: {seconds[f'{what}_round_{round_ + 1}']:.0f} s", flush=True)
+    turn = 0
+    for seed in args.seeds:
+        for round_ in range(args.rounds):  # alternating order: timm, skulab, skulab, timm, ...
+            for what in PATHS if turn % 2 == 0 else PATHS[::-1]:
+                key = f"{what}_seed_{seed}_round_{round_ + 1}"
+                result, seconds[key] = _spawn(what, cfg, crops, seed, args.threads)
+                results[what].append({**result, "seed": seed})
+                print(f"{key}: {seconds[key]:.0f} s, top-1 {result['eval_top1']:.3f}", flush=True)
+            turn += 1
     ablations = {}
     for what in ABLATIONS if args.ablations else ():
-        result, seconds[what] = _spawn(what, cfg, crops, args.seed, args.threads)
+        result, seconds[what] = _spawn(what, cfg, crops, args.seeds[0], args.threads)
         ablations[what] = _summary([result])
         print(f"{what}: {seconds[what]:.0f} s", flush=True)
     profiles = {}  # the data path at the runs' threads and at torch's default (where it differs)
     for threads in dict.fromkeys((args.threads, 0)):
-        profile, seconds[f"profile_threads_{threads}"] = _spawn("profile", cfg, crops, args.seed, threads)
+        profile, seconds[f"profile_threads_{threads}"] = _spawn("profile", cfg, crops, args.seeds[0], threads)
         profiles[str(profile.pop("torch_threads"))] = profile
     timm_, sku = _summary(results["timm"]), _summary(results["skulab"])
     ratio = sku["train_epoch_seconds"] / timm_["train_epoch_seconds"]
@@ -483,7 +500,8 @@ def main() -> None:
         "date": date.today().isoformat(),
         "command": "nice -n %d .venv/bin/python bench/vs_timm.py" % os.nice(0) + (f" --epochs {args.epochs}" if args.epochs else "")
         + (f" --threads {args.threads}" if args.threads else "") + (f" --rounds {args.rounds}" if args.rounds > 1 else "")
-        + (f" --seed {args.seed}" if args.seed else "") + (" --ablations" if args.ablations else "")
+        + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "") + (f" --head {args.head}" if args.head != "linear" else "")
+        + (" --ablations" if args.ablations else "")
         + (f" --crops {args.crops}" if Path(args.crops).resolve() != (REPO / "data/crops").resolve() else ""),
         "machine": {"cores": os.cpu_count(), "cpu": _cpu_name(), "nice": os.nice(0), "load_average_1min_at_end": os.getloadavg()[0],
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")},
@@ -500,7 +518,7 @@ def main() -> None:
             "epoch_cpu_time_ratio": (sku["train_epoch_cpu_seconds"] / timm_["train_epoch_cpu_seconds"]) if sku["train_epoch_cpu_seconds"] else None,
             "epoch_time_met": ratio <= 1.1,
         },
-        "seed": args.seed,
+        "seeds": args.seeds,
         "rounds": args.rounds,
         "note": args.note,
         "process_seconds": seconds,

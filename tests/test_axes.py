@@ -177,7 +177,7 @@ def test_list_one_axis_shows_kind_and_keys(capsys):
 
 def test_list_refuses_an_unknown_axis(capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["list", "heads"])
+        cli.main(["list", "optimisers"])
     assert exc.value.code == 2
 
 
@@ -345,3 +345,12 @@ def test_two_stage_detectors_accept_their_keys(tmp_path):
     }
     params = load_params(write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"detector": {"variants": variants}})), sections=("detector",))
     assert params.detector.resolve("faster_rcnn").rpn_nms_pre == 100
+
+
+def test_check_refuses_embedding_dim_with_the_linear_head(tmp_path, capsys):
+    variants = {"baseline": {}, "x": {"head": "linear", "embedding_dim": 64}, "y": {"head": "linear"}}
+    path = write_params(tmp_path / "params.yaml", deep_merge(repo_params(), {"recognizer": {"variants": variants}}))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check", "--params", str(path)])
+    assert exc.value.code == 2
+    assert "recognizer.variants.x.embedding_dim: not read by head 'linear' (read by bnneck); remove it or change head" in capsys.readouterr().err

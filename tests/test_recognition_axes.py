@@ -48,6 +48,36 @@ def test_bnneck_splits_metric_and_classifier_features():
     assert torch.allclose(out.logits, model.classifier(out.feature))
 
 
+def test_linear_head_is_timms_classifier_on_the_pooled_features():
+    """head: linear builds what timm.create_model(name, num_classes=C) builds: no embedding layer, no BNNeck."""
+    import timm
+
+    torch.manual_seed(0)
+    model = Recognizer("mobilenetv3_small", num_classes=5, embedding_dim=16, head="linear").eval()
+    images = torch.rand(2, 3, 32, 32)
+    out = model(images)
+    pooled = model.backbone(images)
+    assert torch.equal(out.embedding, pooled) and torch.equal(out.feature, pooled)
+    assert torch.allclose(out.logits, pooled @ model.classifier.weight.T + model.classifier.bias)
+    assert not hasattr(model, "bnneck") and not hasattr(model, "embed")
+    reference = timm.create_model("mobilenetv3_small_100", num_classes=5)
+    assert model.classifier.weight.shape == reference.get_classifier().weight.shape and model.classifier.bias is not None
+    own = sum(p.numel() for p in model.parameters())
+    assert own == sum(p.numel() for p in reference.parameters())
+
+
+def test_bnneck_head_is_the_default_and_builds_as_before():
+    """A config or packaged settings without `head` (written before it existed) build the BNNeck head."""
+    from skulab.recognition.head import build_recognizer
+
+    torch.manual_seed(0)
+    old = Recognizer("mobilenetv3_small", num_classes=3, embedding_dim=8)
+    torch.manual_seed(0)
+    new = build_recognizer({"backbone": "mobilenetv3_small", "embedding_dim": 8}, 3, pretrained="none")
+    assert new.head == "bnneck"
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+
+
 @pytest.mark.parametrize("after_bnneck", [True, False])
 def test_retrieval_features_follow_the_head(after_bnneck):
     """Classifier heads retrieve after the BNNeck; metric-only heads with the embedding their loss trained."""
