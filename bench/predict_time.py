@@ -67,7 +67,7 @@ class Direct:
         config = checkpoint["config"]
         self.recognizer = Recognizer(config["backbone"], len(checkpoint["class_names"]), config["embedding_dim"]).eval()
         self.recognizer.load_state_dict(checkpoint["model"])
-        self.transform = eval_transform(config["image_size"])
+        self.transform = eval_transform(config["image_size"], config.get("crop_pct", 1.0))
         self.crop = settings["crop"]
         self.storage = self.crop["stored_size"]
         self.detector_s = self.recognizer_s = 0.0

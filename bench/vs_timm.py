@@ -79,7 +79,7 @@ def _cpu_name() -> str:
 def _config(params_file: Path, epochs: int | None, head: str = "linear") -> RecognizerConfig:
     """recognizer.base with the timm augmentation, label smoothing and `head`; --epochs scales the milestones."""
     base = dict(load_params(params_file, sections=("recognizer",)).recognizer.base)
-    base.update(augment="timm", loss={"ce_label_smoothing": 1.0}, head=head)
+    base.update(augment="timm", loss={"ce_label_smoothing": 1.0}, head=head, crop_pct=0.875)  # timm's eval: resize 1/0.875, centre crop
     if epochs is not None and epochs != base["epochs"]:
         scale = epochs / base["epochs"]
         base["milestones"] = [m * scale for m in base["milestones"]]

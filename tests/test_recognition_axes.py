@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import config
 from skulab.errors import SkulabError
-from skulab.recognition.augment import AUGMENTS, eval_transform, train_transform
+from skulab.recognition.augment import AUGMENTS, MEAN, STD, eval_transform, train_transform
 from skulab.recognition.evaluation import embed
 from skulab.recognition.backbones import BACKBONES, create_backbone
 from skulab.recognition.head import Recognizer, RecognizerOutput
@@ -548,3 +548,16 @@ def test_pk_sampler_refuses_short_classes_and_too_few_classes():
         pk_sampler(labels, ["c0", "c1", "c2"], batch_size=8, k=4)
     with pytest.raises(SkulabError, match="needs P=4 classes"):
         pk_sampler(labels, ["c0", "c1", "c2"], batch_size=16, k=4)
+
+
+def test_eval_transform_with_crop_pct_is_timms_resize_then_centre_crop():
+    """crop_pct 0.875: resize to floor(64 / 0.875) = 73, keep the centre 64 (timm's eval); 1.0: resize to 64 only."""
+    from torchvision.transforms import v2
+
+    image = torch.randint(0, 256, (3, 74, 74), dtype=torch.uint8)
+    resized = v2.Resize((73, 73), antialias=True)(image)
+    top = int(round((73 - 64) / 2.0))  # torchvision's centre-crop offset
+    expected = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(resized[:, top : top + 64, top : top + 64]))
+    assert torch.equal(eval_transform(64, 0.875)(image), expected)
+    assert torch.equal(eval_transform(64)(image), eval_transform(64, 1.0)(image))
+    assert eval_transform(64, 0.875)(image).shape == eval_transform(64)(image).shape == (3, 64, 64)

@@ -263,6 +263,7 @@ class RecognizerConfig(Strict):
     head: Annotated[str, AfterValidator(_choice("head", axes.HEADS))]
     embedding_dim: int = Field(ge=8, le=4096)
     image_size: int = Field(ge=32, le=512)
+    crop_pct: float = Field(gt=0.5, le=1, description="eval: resize to image_size / crop_pct, centre-crop image_size (timm: 0.875); 1 = resize only")
     optimizer: Annotated[str, AfterValidator(_choice("optimizer", axes.OPTIMIZERS))]
     lr: float = Field(gt=0, le=10)
     weight_decay: float = Field(ge=0, le=1)

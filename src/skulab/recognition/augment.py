@@ -3,6 +3,8 @@
 Each augmentation is a function here (image_size -> transforms) plus its record in skulab/axes.py.
 """
 
+import math
+
 import torch
 from torchvision.transforms import v2
 
@@ -73,5 +75,11 @@ def train_transform(name: str, size: int) -> v2.Compose:
     return v2.Compose(AUGMENTS[name](size) + _normalize())
 
 
-def eval_transform(size: int) -> v2.Compose:
-    return v2.Compose(none(size) + _normalize())
+def eval_transform(size: int, crop_pct: float = 1.0) -> v2.Compose:
+    """Val, test and serving: resize to size (crop_pct 1), or as timm's eval transform, to
+    floor(size / crop_pct) and the centre size x size (timm's default crop_pct is 0.875): training
+    crops (basic's random crop, timm's RandomResizedCrop) show less than the whole stored crop."""
+    if crop_pct == 1.0:
+        return v2.Compose(none(size) + _normalize())
+    scale = math.floor(size / crop_pct)
+    return v2.Compose([v2.Resize((scale, scale), antialias=True), v2.CenterCrop(size), *_normalize()])

@@ -238,7 +238,7 @@ class CellTrainer:
 
     def _evaluate(self, model, train: CropSet, query: CropSet) -> tuple[dict, dict[str, torch.Tensor]]:
         """Metrics over the query crops that show a product, and every query crop's prediction."""
-        transform = eval_transform(self.config.image_size)
+        transform = eval_transform(self.config.image_size, self.config.crop_pct)
         gallery, _ = evaluation.embed(model, train.images, transform, self.has_classifier)
         features, logits = evaluation.embed(model, query.images, transform, self.has_classifier)
         num_classes = len(train.class_names)

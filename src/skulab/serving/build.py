@@ -192,7 +192,7 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
     crop, package = params.crop, params.package
     image_size = parts.config["image_size"]
     model = recognizer_from(parts)
-    transform = eval_transform(image_size)
+    transform = eval_transform(image_size, parts.config.get("crop_pct", 1.0))
     train = load_crops(CROPS, "train")
     if train.class_names != parts.class_names:
         raise SkulabError(f"{CROPS}: its classes differ from those train_recognizer@{parts.cell} learnt; run `dvc repro`")
@@ -229,7 +229,7 @@ def build_artifacts(parts: Parts, params: Params, out: Path) -> tuple[dict[str, 
         "detector": detector,
         "recognizer": {
             "cell": parts.cell, "backbone": parts.config["backbone"], "head": parts.config.get("head", DEFAULT_HEAD), "embedding_dim": parts.config["embedding_dim"],
-            "image_size": image_size, "loss": parts.config["loss"], "has_classifier": parts.has_classifier,
+            "image_size": image_size, "crop_pct": parts.config.get("crop_pct", 1.0), "loss": parts.config["loss"], "has_classifier": parts.has_classifier,
         },
         "crop": crop_settings(crop, parts.stats),
         "reject": {"threshold": threshold, "share": package.reject},

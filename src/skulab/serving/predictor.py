@@ -159,7 +159,7 @@ class Predictor:
         self.model.load_state_dict(recognizer_state)
         self.model.to(device).eval()
         self.has_classifier = bool(recognizer["has_classifier"])
-        self.transform = eval_transform(recognizer["image_size"])
+        self.transform = eval_transform(recognizer["image_size"], recognizer.get("crop_pct", 1.0))  # no crop_pct: resize only (before it)
         self.storage = int(settings["crop"]["stored_size"])  # as the crop stage stored the cell's crops
         self.prototypes = prototypes.float().cpu()
         self.prototype_labels = torch.arange(len(self.class_names))
