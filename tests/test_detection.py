@@ -287,6 +287,15 @@ def test_an_interrupted_run_resumes_in_the_same_mlflow_run(trained):
     assert scores(resumed) == scores(full)
 
 
+def test_a_resumed_run_writes_the_uninterrupted_runs_history_file(trained):
+    """Same columns in the same order (state.json's JSON sorts each row's keys), so the same curves.png."""
+    history = lambda name: (trained["root"] / name / "metrics" / "history.csv").read_text().splitlines()  # noqa: E731
+    full, resumed = history("full"), history("split")
+    assert full[0] == resumed[0]
+    untimed = lambda lines: [[v for k, v in zip(lines[0].split(","), line.split(",")) if "seconds" not in k] for line in lines[1:]]  # noqa: E731
+    assert untimed(full) == untimed(resumed)
+
+
 class Interrupted(Exception):
     """A crash simulated inside validation."""
 

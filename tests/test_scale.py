@@ -183,6 +183,17 @@ def test_grid_refuses_stale_upstream_stages_and_bad_jobs_in_one_line(fresh, tmp_
     assert result.stderr.startswith("error: cell pattern 'tripplet-*' matches no recognizer cell; params.yaml has baseline-0, baseline-1, triplet-0")
 
 
+def test_grid_refuses_uncommitted_upstream_results(cropped, tmp_path):
+    """Queued cells start from the last commit: with the upstream results uncommitted, every cell would rerun them."""
+    repo = _copy(cropped, tmp_path / "uncommitted")
+    with open(repo / "dvc.lock", "a") as lock:
+        lock.write("\n")
+    result = _run([BIN / "skulab", "grid"], repo, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: dvc.lock has uncommitted changes") and "git commit" in result.stderr
+    assert "Queued" not in _run([BIN / "dvc", "queue", "status"], repo).stdout
+
+
 def test_a_stage_in_a_queued_copy_logs_to_the_checkout_that_queued_it(tmp_path, monkeypatch):
     from skulab import tracking
 

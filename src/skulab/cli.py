@@ -192,6 +192,10 @@ def run_grid(jobs: int, patterns: list[str]) -> int:
         baseline = _git(root, "rev-parse", "--verify", "HEAD").decode().strip()
     except SkulabError:
         raise SkulabError(f"{root}: not a git repository with a commit; DVC's experiment queue needs one (git init, git commit)") from None
+    if _git(root, "status", "--porcelain", "--", "dvc.lock").strip():
+        # A queued experiment starts from the last commit's dvc.lock: upstream stages run there again, in every cell.
+        raise SkulabError("dvc.lock has uncommitted changes, and DVC's queue runs each cell from the last commit, where the "
+                          "stages before the cells would run again in every one; commit them first (git add dvc.lock metrics; git commit)")
     check_patterns(root, patterns)
     cells = select_cells(dirty_cells(root), patterns)
     if not cells:

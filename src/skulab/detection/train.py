@@ -354,7 +354,10 @@ class DetectorCell:
     def save_state(self, finished: bool, history: list[dict]) -> None:
         if not is_main_process():  # world_size > 1: rank 0 owns the cell's files
             return
-        write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "run_id": self.run_id, "finished": finished, "history": history})
+        # JSON sorts each row's keys: the column order is kept beside, so a resumed run's history.csv (and
+        # its curves.png) is the uninterrupted run's.
+        columns = list(history[0]) if history else []
+        write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "run_id": self.run_id, "finished": finished, "history": history, "columns": columns})
 
     def prepare_work_dir(self, resume: bool) -> Config:
         if not resume and self.model_dir.exists() and is_main_process():  # world_size > 1: the others wait (cell.py)
@@ -375,7 +378,7 @@ class DetectorCell:
         """
         self.run_id = run_id
         logger = logger or NullLogger()
-        history = list(state["history"]) if state else []
+        history = [{key: row[key] for key in state.get("columns") or row} for row in state["history"]] if state else []
         self.save_state(finished=False, history=history)
         trust_checkpoints_under(self.model_dir)
         main = is_main_process()  # world_size > 1: the other ranks print nothing
