@@ -5,7 +5,7 @@ code. A renamed folder on one side only would make DVC track files that no stage
 ones it does), so every disagreement fails here with both sides named.
 """
 
-from pathlib import PurePath, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 import pytest
 import yaml
@@ -143,3 +143,17 @@ def test_a_wrong_constant_fails_naming_both_sides(dvc, monkeypatch, name, value,
 def test_an_unmapped_constant_fails(dvc, monkeypatch):
     monkeypatch.setattr(layout, "STRAY", layout.METRICS / "stray", raising=False)
     assert any(problem.startswith("layout.STRAY = metrics/stray is written by no stage") for problem in disagreements(dvc))
+
+
+def test_dvc_ignores_python_bytecode_in_its_source_dependencies():
+    """A __pycache__ beside a stage's source deps (src/skulab/<package>) is not in a fresh clone or DVC's
+    experiment copies: hashed, it made every detector cell look changed there and train again."""
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).with_name("dvc")
+    paths = ["src/skulab/detection/__pycache__/train.cpython-311.pyc", "src/skulab/recognition/__pycache__/head.cpython-311.pyc"]
+    result = subprocess.run([str(dvc), "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == paths, result.stdout + result.stderr
+    kept = subprocess.run([str(dvc), "check-ignore", "src/skulab/detection/train.py"], cwd=REPO, capture_output=True, text=True)
+    assert kept.returncode == 1  # the sources themselves are hashed
