@@ -408,3 +408,26 @@ def test_a_fresh_clone_pulls_the_cells_and_trains_nothing(sequential, tmp_path):
     assert not (clone / "mlflow.db").exists()  # no stage opened an MLflow run
     for path in models:
         assert path.read_bytes() == (seq_repo / path.relative_to(clone)).read_bytes()
+
+
+def test_grid_starts_the_queue_workers_again_when_they_stop_with_cells_queued(monkeypatch, capsys):
+    """DVC's workers can stop with experiments still queued (treeverse/dvc#10562): grid starts them again, then gives up."""
+    from skulab import cli
+
+    clock = iter(range(0, 10_000, 5))  # 5 s per look at the clock
+    started = []
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(cli, "_workers_alive", lambda root: False)
+    monkeypatch.setattr(cli, "_dvc", lambda root, *args: started.append(args) or "")
+    # Two restarts bring the cells through; the first start's workers had stopped after one cell.
+    monkeypatch.setattr(cli, "queue_states", lambda root: {"a": "Success", "b": "Queued" if len(started) < 2 else "Success"})
+    assert cli.wait_for_queue(Path("."), ["a", "b"], jobs=2) == {"a": "Success", "b": "Success"}
+    assert started == [("queue", "start", "--jobs", "2")] * 2
+    assert "starting them again (2/3, treeverse/dvc#10562)" in capsys.readouterr().out
+    # Workers that never stay up: three restarts, then one line saying what to do.
+    started.clear()
+    monkeypatch.setattr(cli, "queue_states", lambda root: {"a": "Success", "b": "Queued"})
+    with pytest.raises(cli.SkulabError, match="1 grid experiments queued and no worker"):
+        cli.wait_for_queue(Path("."), ["a", "b"], jobs=2)
+    assert len(started) == cli.WORKER_RESTARTS

@@ -41,6 +41,8 @@ def check_schedules(params: Params, crops: Path, source: str) -> None:
 RECOGNIZER_STAGE = "train_recognizer"
 QUEUE_POLL_S = 3.0
 WORKERS_GONE_S = 60.0  # queued experiments and no worker left for this long: the workers died
+WORKER_RESTART_S = 15.0  # queued experiments and no worker for this long: start the workers again
+WORKER_RESTARTS = 3
 
 
 def _bin_env() -> dict[str, str]:
@@ -102,9 +104,14 @@ def _workers_alive(root: Path) -> bool:
         return bool(repo.experiments.celery_queue.worker_status())
 
 
-def wait_for_queue(root: Path, names: list[str]) -> dict[str, str]:
-    """Poll the queue until every one of `names` has finished; print a line whenever the counts change."""
-    shown, idle_since = None, None
+def wait_for_queue(root: Path, names: list[str], jobs: int = 1) -> dict[str, str]:
+    """Poll the queue until every one of `names` has finished; print a line whenever the counts change.
+
+    DVC's queue workers sometimes stop with experiments still queued (treeverse/dvc#10562; a stale
+    shutdown message from an earlier `dvc queue stop` does it too): they are started again, up to
+    WORKER_RESTARTS times, before giving up.
+    """
+    shown, idle_since, restarts = None, None, 0
     while True:
         states = queue_states(root)
         mine = {name: states.get(name, "Unknown") for name in names}
@@ -117,7 +124,13 @@ def wait_for_queue(root: Path, names: list[str]) -> dict[str, str]:
             return mine
         if counts["Running"] == 0 and not _workers_alive(root):
             idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since > WORKERS_GONE_S:
+            if restarts < WORKER_RESTARTS and time.monotonic() - idle_since > WORKER_RESTART_S:
+                restarts += 1
+                print(f"grid: the queue's workers stopped with {counts['Queued']} cells queued; starting them again "
+                      f"({restarts}/{WORKER_RESTARTS}, treeverse/dvc#10562)", flush=True)
+                _dvc(root, "queue", "start", "--jobs", str(jobs))
+                idle_since = None
+            elif time.monotonic() - idle_since > WORKERS_GONE_S:
                 raise SkulabError(f"the DVC queue has {counts['Queued']} grid experiments queued and no worker; "
                                   "run `dvc queue start --jobs N` (see `dvc queue status`)")
         else:
@@ -213,7 +226,7 @@ def run_grid(jobs: int, patterns: list[str]) -> int:
     started = time.monotonic()
     _dvc(root, "queue", "start", "--jobs", str(jobs))
     try:
-        states = wait_for_queue(root, list(names.values()))
+        states = wait_for_queue(root, list(names.values()), jobs)
     except KeyboardInterrupt:
         print("\ngrid: stopped waiting; the queue goes on (`dvc queue status`; `dvc queue kill <name>` stops one)", file=sys.stderr)
         return 130
