@@ -205,15 +205,15 @@ def run_grid(jobs: int, patterns: list[str]) -> int:
         baseline = _git(root, "rev-parse", "--verify", "HEAD").decode().strip()
     except SkulabError:
         raise SkulabError(f"{root}: not a git repository with a commit; DVC's experiment queue needs one (git init, git commit)") from None
-    if _git(root, "status", "--porcelain", "--", "dvc.lock").strip():
-        # A queued experiment starts from the last commit's dvc.lock: upstream stages run there again, in every cell.
-        raise SkulabError("dvc.lock has uncommitted changes, and DVC's queue runs each cell from the last commit, where the "
-                          "stages before the cells would run again in every one; commit them first (git add dvc.lock metrics; git commit)")
     check_patterns(root, patterns)
     cells = select_cells(dirty_cells(root), patterns)
     if not cells:
         print(f"grid: every recognizer cell{' matching ' + ' '.join(patterns) if patterns else ''} is up to date (dvc status); nothing to train")
         return 0
+    if _git(root, "status", "--porcelain", "--", "dvc.lock").strip():
+        # A queued experiment starts from the last commit's dvc.lock: upstream stages run there again, in every cell.
+        raise SkulabError("dvc.lock has uncommitted changes, and DVC's queue runs each cell from the last commit, where the "
+                          "stages before the cells would run again in every one; commit them first (git add dvc.lock metrics; git commit)")
     busy = sorted(name for name, state in queue_states(root).items() if state in ("Queued", "Running"))
     if busy:
         raise SkulabError(f"the DVC queue already holds {len(busy)} unfinished experiments ({', '.join(busy[:3])}...); "
