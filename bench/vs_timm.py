@@ -91,11 +91,6 @@ def _config(params_file: Path, epochs: int | None, head: str = "linear") -> Reco
     return config
 
 
-def _load(crops: Path, split: str, image_size: int) -> CropSet:
-    """The crop stage's store of one split (image_size is checked against it by the cell)."""
-    return load_crops(crops, split)
-
-
 def _eval_split(crops: Path) -> str:
     return GT_TEST if read_json(crops / "stats.json").get(GT_TEST, {}).get("crops") else "val"
 
@@ -173,7 +168,7 @@ def run_timm(cfg: RecognizerConfig, crops: Path, seed: int, workdir: Path, head:
 
     seed_everything(seed)  # the cell's global settings (seeds, deterministic algorithms)
     eval_split = _eval_split(crops)
-    splits = {split: _load(crops, split, cfg.image_size).products() for split in dict.fromkeys(("train", "val", "test", eval_split))}
+    splits = {split: load_crops(crops, split).products() for split in dict.fromkeys(("train", "val", "test", eval_split))}
     pil = {split: (_pil(s), s.labels) for split, s in splits.items()}
     train_tf, eval_tf = create_transform(cfg.image_size, is_training=True), create_transform(cfg.image_size)
     train_images = pil["train"][0]
@@ -265,7 +260,7 @@ def run_skulab(cfg: RecognizerConfig, crops: Path, seed: int, workdir: Path) -> 
 
     from skulab.recognition.head import build_recognizer
 
-    crops_eval = _load(crops, eval_split, cfg.image_size).products()
+    crops_eval = load_crops(crops, eval_split).products()
     model = build_recognizer(cfg, len(crops_eval.class_names), pretrained="none")
     model.load_state_dict(torch.load(workdir / "model" / "best.pt", map_location="cpu", weights_only=False)["model"])
     return {
@@ -284,7 +279,7 @@ def profile_augmentation(cfg: RecognizerConfig, crops: Path, rounds: int = 2, sa
     from timm.data import create_transform
     from torchvision.transforms import v2
 
-    train = _load(crops, "train", cfg.image_size)
+    train = load_crops(crops, "train")
     images = list(train.images[:samples])
     pil = _pil(CropSet(train.images[:samples], train.labels[:samples], train.class_names, train.crops[:samples]))
     size = cfg.image_size
@@ -506,8 +501,8 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "cpu": _cpu_name(), "nice": os.nice(0), "load_average_1min_at_end": os.getloadavg()[0],
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")},
         "crops": str(args.crops),
-        "train_crops": len(_load(crops, "train", cfg.image_size).labels),
-        "eval_crops": len(_load(crops, eval_split, cfg.image_size).products().labels),
+        "train_crops": len(load_crops(crops, "train").labels),
+        "eval_crops": len(load_crops(crops, eval_split).products().labels),
         "config": cfg.model_dump(mode="json"),
         "paths": {"timm": timm_, "skulab": sku},
         "ablations": ablations,
