@@ -39,6 +39,7 @@ def main() -> None:
         subprocess.run([BIN / "dvc", "init", "-q"], cwd=repo, check=True, env=env)
         subprocess.run([BIN / "skulab", "init-tracking"], cwd=repo, check=True, env=env)
         stages, current, started = {}, None, time.perf_counter()
+        stage_start = started
         process = subprocess.Popen([BIN / "dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
         for line in process.stdout:
             match = re.match(r"Running stage '([^']+)'", line)

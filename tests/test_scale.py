@@ -2,8 +2,9 @@
 (`skulab grid`), several writers on the default SQLite store at once, a PostgreSQL-backed tracking
 server (scripts/tracking_server.sh) and a DVC remote that spares a fresh clone every cell's training.
 
-Each test runs the real prepare, crop and train_recognizer stages (dvc.yaml's own definitions; crop
-without detectors) on a tiny params override, in temporary git + DVC repos.
+Each test runs the real prepare, crop and train_recognizer stages (dvc.yaml's own definitions,
+without the detector stages) on a tiny params override, in temporary git + DVC repos; the tracking
+server's test also runs evaluate and package.
 """
 
 import csv
@@ -27,6 +28,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
+from skulab.serving.pyfunc import request_frame
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -58,11 +60,15 @@ def _git_commit(repo: Path, message: str) -> None:
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
 
 
-def _pipeline() -> dict:
-    """dvc.yaml's prepare, crop and train_recognizer stages as they are; crop without the detector dependencies."""
+DETECTOR_DEPS = ("data/detections", "metrics/detector", "models/detector")
+
+
+def _pipeline(names=("prepare", "crop", "train_recognizer")) -> dict:
+    """dvc.yaml's stages `names` as they are, without their dependencies on the detector stages."""
     real = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stages = {name: real["stages"][name] for name in ("prepare", "crop", "train_recognizer")}
-    stages["crop"]["deps"] = [dep for dep in stages["crop"]["deps"] if dep not in ("data/detections", "metrics/detector")]
+    stages = {name: real["stages"][name] for name in names}
+    for stage in stages.values():
+        stage["deps"] = [dep for dep in stage["deps"] if dep not in DETECTOR_DEPS]
     return {"stages": stages}
 
 
@@ -314,8 +320,11 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
         pytest.fail("PostgreSQL is not installed, and the tracking server test needs it: apt-get install postgresql "
                     "(.ci/run installs it)")
     repo = _copy(fresh, tmp_path / "served")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(_pipeline(("prepare", "crop", "train_recognizer", "evaluate", "package")), sort_keys=False))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["recognizer"]["variants"] = {"baseline": {}}  # 2 cells are enough here
+    params["detector"]["variants"] = {}  # recognition only: no detector stages in this pipeline
+    shutil.copy(REPO / "requirements.lock", repo)  # the package stage pins the model's requirements from it
     write_params(repo / "params.yaml", params)
     port, database = _free_port(), f"skulab_test_{os.getpid()}"
     was_online = _cluster_online()
@@ -338,14 +347,16 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
                 pass
             time.sleep(1)
         assert f"export MLFLOW_TRACKING_URI={uri}" in (tmp_path / "server.log").read_text()
-        # The only change: MLFLOW_TRACKING_URI.
+        # The only change: MLFLOW_TRACKING_URI. Every stage runs, evaluate and package (the registry) included.
         ran = _run([BIN / "dvc", "repro"], repo, MLFLOW_TRACKING_URI=uri).stdout
-        stages = ["prepare", "crop", "train_recognizer@baseline-0", "train_recognizer@baseline-1"]
+        stages = ["prepare", "crop", "train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate", "package"]
         assert set(re.findall(r"Running stage '([^']+)'", ran)) == set(stages)
+        assert "Downloading artifacts" not in ran  # the package stage's model check, without a bar per download
         assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
         mlflow.set_tracking_uri(uri)
         runs = mlflow.search_runs(experiment_names=["skulab"])
         assert sorted(runs["tags.dvc.stage"]) == sorted(stages)
+        assert set(runs["status"]) == {"FINISHED"}
         client = MlflowClient(uri)
         for _, row in runs.iterrows():
             assert row["artifact_uri"].startswith("mlflow-artifacts:/"), row["artifact_uri"]
@@ -354,26 +365,19 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
         assert len(client.get_metric_history(cell["run_id"], "val_proto_acc")) == SCALE["recognizer"]["base"]["epochs"]
         served = [a.path for a in client.list_artifacts(cell["run_id"])]
         assert served and list((tmp_path / "served-artifacts").rglob(f"{cell['run_id']}/artifacts/*"))
-        # The model registry as the package stage uses it: log a pyfunc model, load it, register it, move an alias.
-        code = textwrap.dedent("""
-            import mlflow, pandas
-            from skulab.tracking import stage_run
-            class Echo(mlflow.pyfunc.PythonModel):
-                def predict(self, context, model_input, params=None):
-                    return list(model_input["x"] * 2)
-            with stage_run("package", "skulab", {"model": "echo"}, None) as run:
-                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
-                assert mlflow.pyfunc.load_model(info.model_uri).predict(pandas.DataFrame({"x": [1, 2]})) == [2, 4]
-                version = mlflow.register_model(info.model_uri, "skulab-scale").version
-                mlflow.MlflowClient().set_registered_model_alias("skulab-scale", "champion", version)
-            print(version)
-        """)
-        version = _run([BIN / "python", "-c", code], repo, MLFLOW_TRACKING_URI=uri).stdout.strip().splitlines()[-1]
-        assert client.get_model_version_by_alias("skulab-scale", "champion").version == version
-        model = mlflow.pyfunc.load_model("models:/skulab-scale@champion")
-        import pandas as pd
-
-        assert model.predict(pd.DataFrame({"x": [3]})) == [6]
+        evaluate = runs[runs["tags.dvc.stage"] == "evaluate"].iloc[0]
+        assert {a.path for a in client.list_artifacts(evaluate["run_id"])} >= {"report", "summary"}
+        # The registry: the package stage registered the winner on the server and moved the alias to it.
+        package = json.loads((repo / "models/package/package.json").read_text())
+        champion = client.get_model_version_by_alias(package["model_name"], package["alias"])
+        assert champion.version == str(package["version"]) and champion.run_id == package["run_id"]
+        assert package["tracking_uri"] == uri
+        card = (repo / "models/package/model_card.md").read_text()
+        assert f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{package['model_name']}@{package['alias']}" in card
+        example = sorted((repo / "data/prepared/images/test").iterdir())[0]
+        model = mlflow.pyfunc.load_model(f"models:/{package['model_name']}@{package['alias']}")
+        [answer] = model.predict(request_frame([example.read_bytes()]))
+        assert answer["error"] is None and answer["products"][0]["sku"]
     finally:
         _stop_group(server)
         log.close()

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -85,6 +86,18 @@ def tracking_uri() -> str:
     path = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:")) and "?" not in path:
         return f"sqlite:///{store_root() / path}"
+    return uri
+
+
+def shareable_uri() -> str:
+    """The tracking URI as a user exports it to reach this store's runs and registry, fit for a model
+    card: the default store as `sqlite:///mlflow.db` (relative to the checkout), any other as set,
+    without its password."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     return uri
 
 

@@ -14,6 +14,7 @@
 """
 
 import importlib.metadata
+import os
 import re
 import shutil
 import tempfile
@@ -42,7 +43,7 @@ from skulab.recognition.losses import uses_classifier
 from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN
 from skulab.serving.pyfunc import request_frame, signature
 from skulab.summary import shelf_per_cell
-from skulab.tracking import stage_run, tracking_uri
+from skulab.tracking import shareable_uri, stage_run, tracking_uri
 
 MODEL_CODE = Path(__file__).with_name("shelf_model.py")
 LOCK_FILE = Path("requirements.lock")
@@ -320,8 +321,8 @@ def model_card(parts: Parts, params: Params, info: dict, settings: dict, reject:
         f"packaged by the `package` stage in run `{info['run_id']}` (commit `{info['commit']}`, dirty: {info['dirty']}), dataset `{parts.dataset_hash[:16]}`.",
         "",
         f"- load: `mlflow.pyfunc.load_model(\"models:/{info['model_name']}@{info['alias']}\")` or `models:/{info['model_name']}/{info['version']}`",
-        f"- predict: `skulab predict IMAGE_OR_FOLDER... [--out results.jsonl] [--draw out_dir/]`",
-        f"- serve: `MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve -m models:/{info['model_name']}@{info['alias']} --env-manager local -h 127.0.0.1 -p 5001`",
+        "- predict: `skulab predict IMAGE_OR_FOLDER... [--out results.jsonl] [--draw out_dir/]`",
+        f"- serve: `MLFLOW_TRACKING_URI={info['tracking_uri']} mlflow models serve -m models:/{info['model_name']}@{info['alias']} --env-manager local -h 127.0.0.1 -p 5001`",
         "",
         "## Sources",
         "",
@@ -430,6 +431,8 @@ def model_card(parts: Parts, params: Params, info: dict, settings: dict, reject:
 def package_stage(params: Params) -> dict:
     """Build, log, verify and register the model; write models/package/{model_card.md,package.json}."""
     package = params.package
+    # Verifying the logged model downloads its artifacts several times, each with its own MLflow progress bar.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parts = Parts(params)
     if parts.note:
         print(f"package: {parts.note}")
@@ -474,6 +477,7 @@ def package_stage(params: Params) -> dict:
             "version": int(version),
             "alias": package.alias,
             "model_uri": f"models:/{package.model_name}/{version}",
+            "tracking_uri": shareable_uri(),  # the registry that holds it
             "logged_model_uri": info.model_uri,
             "run_id": run.info.run_id,
             "commit": tags.get("git.commit", "unknown"),

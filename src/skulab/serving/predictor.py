@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -123,8 +122,9 @@ class Detector:
         from skulab.detection.compat import patch_mmengine
 
         patch_mmengine()  # checkpoints load weights-only (the packaged one holds only tensors and class names)
-        # mmengine print()s every checkpoint it loads; `skulab predict` writes its results to stdout.
-        with contextlib.redirect_stdout(sys.stderr):
+        # mmengine print()s a line for every checkpoint it loads: noise on the console (and `skulab
+        # predict` writes its results to stdout). Errors still raise.
+        with contextlib.redirect_stdout(io.StringIO()):
             self.model = init_detector(str(config), str(weights), device=device)
         pipeline = get_test_pipeline_cfg(self.model.cfg.copy())
         pipeline[0].type = "mmdet.LoadImageFromNDArray"  # what inference_detector does for arrays, built once
