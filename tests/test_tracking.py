@@ -131,3 +131,8 @@ def test_the_uri_a_model_card_names_is_the_store_in_use_without_its_password(rep
     if uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert tracking.shareable_uri() == shown
+
+
+def test_the_default_store_stays_relative_once_a_run_has_set_mlflows_uri(repo):
+    with stage_run("package", "skulab", {}, None):  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI
+        assert tracking.shareable_uri() == "sqlite:///mlflow.db"

@@ -91,9 +91,11 @@ def tracking_uri() -> str:
 
 def shareable_uri() -> str:
     """The tracking URI as a user exports it to reach this store's runs and registry, fit for a model
-    card: the default store as `sqlite:///mlflow.db` (relative to the checkout), any other as set,
-    without its password."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    card: the checkout's default store as `sqlite:///mlflow.db`, any other without its password.
+    (Not read back from MLFLOW_TRACKING_URI alone: mlflow.set_tracking_uri sets that variable too.)"""
+    uri = tracking_uri()
+    if uri == f"sqlite:///{store_root() / 'mlflow.db'}":
+        return "sqlite:///mlflow.db"
     parts = urllib.parse.urlsplit(uri)
     if parts.password is not None:
         host = parts.netloc.rsplit("@", 1)[1]
