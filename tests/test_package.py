@@ -22,7 +22,8 @@ from skulab.errors import SkulabError
 from skulab.params import load_params
 from skulab.recognition import evaluation
 from skulab.recognition.head import Recognizer
-from skulab.serving.build import MODEL_CODE, calibrate_reject, class_prototypes, pinned_requirements
+from skulab.serving.build import MODEL_CODE, calibrate_reject, class_prototypes, pinned_requirements, shareable_uri
+from skulab.tracking import stage_run
 from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN, ImageInput, Predictor
 from skulab.serving.pyfunc import request_frame, signature
 
@@ -205,3 +206,30 @@ def test_predict_command_names_bad_files_and_goes_on(saved_model, tmp_path, caps
         with Image.open(drawn / f"{good.split('.')[0]}.png") as picture:  # enlarged to be legible
             assert picture.width >= 800 and picture.width * 40 == picture.height * 48
     assert sorted(p.name for p in drawn.iterdir()) == ["a.png", "b.png"]
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """An empty repo root with its own MLflow store."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("uri, shown", [
+    (None, "sqlite:///mlflow.db"),  # the default store, as a user in the checkout exports it
+    ("http://mlflow.lab:5000", "http://mlflow.lab:5000"),
+    ("postgresql://skulab:s3cret@db.lab:5432/skulab", "postgresql://skulab:***@db.lab:5432/skulab"),
+    ("https://user:tok@mlflow.lab/", "https://user:***@mlflow.lab/"),
+])
+def test_the_uri_a_model_card_names_is_the_store_in_use_without_its_password(repo, monkeypatch, uri, shown):
+    if uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert shareable_uri() == shown
+
+
+def test_the_default_store_stays_relative_once_a_run_has_set_mlflows_uri(repo):
+    with stage_run("package", "skulab", {}, None):  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI
+        assert shareable_uri() == "sqlite:///mlflow.db"

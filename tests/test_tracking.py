@@ -120,19 +120,3 @@ def test_recording_and_null_loggers_take_what_mlflow_logger_takes(tmp_path):
     assert logger.artifacts("metrics") == ["final.json"]
     NullLogger().log_metrics({"a": 1.0}, step=1), NullLogger().log_metric("a", 1.0), NullLogger().log_artifact("x", "y")
 
-
-@pytest.mark.parametrize("uri, shown", [
-    (None, "sqlite:///mlflow.db"),  # the default store, as a user in the checkout exports it
-    ("http://mlflow.lab:5000", "http://mlflow.lab:5000"),
-    ("postgresql://skulab:s3cret@db.lab:5432/skulab", "postgresql://skulab:***@db.lab:5432/skulab"),
-    ("https://user:tok@mlflow.lab/", "https://user:***@mlflow.lab/"),
-])
-def test_the_uri_a_model_card_names_is_the_store_in_use_without_its_password(repo, monkeypatch, uri, shown):
-    if uri:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert tracking.shareable_uri() == shown
-
-
-def test_the_default_store_stays_relative_once_a_run_has_set_mlflows_uri(repo):
-    with stage_run("package", "skulab", {}, None):  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI
-        assert tracking.shareable_uri() == "sqlite:///mlflow.db"

@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -86,20 +85,6 @@ def tracking_uri() -> str:
     path = uri.removeprefix("sqlite:///")
     if uri.startswith("sqlite:///") and path and not path.startswith(("/", ":memory:")) and "?" not in path:
         return f"sqlite:///{store_root() / path}"
-    return uri
-
-
-def shareable_uri() -> str:
-    """The tracking URI as a user exports it to reach this store's runs and registry, fit for a model
-    card: the checkout's default store as `sqlite:///mlflow.db`, any other without its password.
-    (Not read back from MLFLOW_TRACKING_URI alone: mlflow.set_tracking_uri sets that variable too.)"""
-    uri = tracking_uri()
-    if uri == f"sqlite:///{store_root() / 'mlflow.db'}":
-        return "sqlite:///mlflow.db"
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        uri = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     return uri
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import mlflow
@@ -43,7 +44,7 @@ from skulab.recognition.losses import uses_classifier
 from skulab.serving.predictor import SETTINGS_FORMAT, UNKNOWN
 from skulab.serving.pyfunc import request_frame, signature
 from skulab.summary import shelf_per_cell
-from skulab.tracking import shareable_uri, stage_run, tracking_uri
+from skulab.tracking import stage_run, store_root, tracking_uri
 
 MODEL_CODE = Path(__file__).with_name("shelf_model.py")
 LOCK_FILE = Path("requirements.lock")
@@ -173,6 +174,20 @@ class Parts:
             except (MlflowException, TypeError):
                 run.update(commit="unknown (run not in this MLflow store)", dirty="unknown", experiment_id=None)
         return runs
+
+
+def shareable_uri() -> str:
+    """The tracking URI as a user exports it to reach this store's runs and registry, fit for a model
+    card: the checkout's default store as `sqlite:///mlflow.db`, any other without its password.
+    (Not read back from MLFLOW_TRACKING_URI alone: mlflow.set_tracking_uri sets that variable too.)"""
+    uri = tracking_uri()
+    if uri == f"sqlite:///{store_root() / 'mlflow.db'}":
+        return "sqlite:///mlflow.db"
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return uri
 
 
 def crop_settings(crop, stats: dict) -> dict:
