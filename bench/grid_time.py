@@ -126,16 +126,25 @@ def main() -> None:
             differing = sorted(c for c in cells if cells[c] != same_threads[1].get(c))
             results[mode]["metrics_equal_to"] = same_threads[0] if not differing else None
             if differing:
+                write(Path(args.out), head, args.cells, results)
                 raise SystemExit(f"grid_time: {mode}'s metrics differ from {same_threads[0]}'s in {', '.join(differing)}")
+        write(Path(args.out), head, args.cells, results)
     log.close()
+    for _ in range(60):  # the queue's workers leave once it is empty; the clone goes after them
+        status = subprocess.run([BIN / "dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
+        if "0 active, 0 idle" in status or "Worker status" not in status:
+            break
+        time.sleep(2)
     if args.keep:
         print(f"grid_time: kept {tmp}")
     else:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
-    first = results[args.modes[0]]["wall_seconds"]
-    result = {"commit": head, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "cell_patterns": args.cells, "modes": results}
-    out = Path(args.out)
+
+def write(out: Path, head: str, cells: list[str], results: dict) -> None:
+    """metrics/bench/grid_time.{json,md}: the modes timed so far (written after each one)."""
+    first = next(iter(results.values()))["wall_seconds"]
+    result = {"commit": head, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "cell_patterns": cells, "modes": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
@@ -146,12 +155,12 @@ def main() -> None:
         "| command | threads per cell | cells | wall s | vs first row | cells' own training s (sum) | per cell (mean) | metrics |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for mode, row in results.items():
+    for row in results.values():
         same = f"= {row['metrics_equal_to']}" if row.get("metrics_equal_to") else "reference"
         lines.append(f"| {row['command']} | {row['threads_per_cell']} | {row['cells']} | {row['wall_seconds']:.0f} | "
                      f"{row['wall_seconds'] / first:.2f}x | {row['sum_cell_train_seconds']:.0f} | {row['mean_cell_train_seconds']:.1f} | {same} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,52 +7,22 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, TINY, deep_merge, repo_params, write_params
+from checkout import BIN, free_port, group_members, new_repo, run, stop_group, wait_for_http
+from conftest import TINY, deep_merge, repo_params, write_params
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
-
-
-def _run(args, cwd, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(cwd / "src")  # run the copied code, as DVC hashes it
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def new_repo(repo: Path, params: dict) -> Path:
-    """A git + DVC checkout of the pipeline's code with `params`, as a fresh clone has it."""
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    for name in ("stages", "src", "configs"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(REPO / "data/raw", repo / "data/raw", dirs_exist_ok=True)  # prepare's (empty) external-data dependency
-    for keep in ("metrics/detector/.gitkeep", "data/detections/.gitignore", "models/detector/.gitignore"):
-        (repo / keep).parent.mkdir(parents=True, exist_ok=True)  # folders that exist with or without detectors (crop's and package's deps)
-        shutil.copy(REPO / keep, repo / keep)
-    shutil.copy(REPO / "requirements.lock", repo / "requirements.lock")  # the package stage pins the model's requirements from it
-    write_params(repo / "params.yaml", params)
-    (repo / ".gitignore").write_text("mlflow.db\n.mlflow.lock\nmlartifacts/\n")
-    _run(["git", "init", "-q"], repo)
-    _run([BIN / "dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
-    return repo
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     repo = new_repo(tmp_path_factory.mktemp("repo"), deep_merge(repo_params(), TINY))
-    first = _run([BIN / "dvc", "repro"], repo)
+    first = run([BIN / "dvc", "repro"], repo)
     return repo, first
 
 
@@ -69,7 +39,7 @@ def test_a_class_folder_study_runs_without_detectors(tmp_path, tiny_crops):
     repo = tmp_path / "repo"
     write_folders(repo / "data/raw/folders", tiny_crops)
     repo = new_repo(repo, params)
-    done = _run([BIN / "dvc", "repro"], repo).stdout
+    done = run([BIN / "dvc", "repro"], repo).stdout
     assert "train_detector" not in done
     for stage in ("prepare", "crop", "train_recognizer@baseline-0", "evaluate", "package"):
         assert f"Running stage '{stage}'" in done, stage
@@ -80,7 +50,7 @@ def test_a_class_folder_study_runs_without_detectors(tmp_path, tiny_crops):
     report = (repo / "reports/report.md").read_text()
     assert "## Detectors" not in report and "## Ranking" in report
     assert json.loads((repo / "metrics/summary.json").read_text())["detectors"] == {}
-    assert "up to date" in _run([BIN / "dvc", "status"], repo).stdout
+    assert "up to date" in run([BIN / "dvc", "status"], repo).stdout
 
 
 def test_first_repro_runs_every_stage(pipeline):
@@ -101,7 +71,7 @@ def test_first_repro_runs_every_stage(pipeline):
     for section in ("## Ranking", "## Axis: loss", "## Detectors", "## End to end on the shelf", "## Confusions of the best variant"):
         assert section in report, section
     assert (repo / "models/recognizer/baseline-0/best.pt").is_file()
-    shown = _run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
+    shown = run([BIN / "dvc", "metrics", "show", "--json"], repo).stdout
     assert "metrics/summary.json" in shown and "metrics/recognizer/triplet-0/final.json" in shown
     assert "metrics/detector/retinanet/final.json" in shown
 
@@ -120,14 +90,14 @@ def test_detectors_feed_the_test_crops(pipeline):
     stats = json.loads((repo / "data/crops/stats.json").read_text())["test"]
     assert stats["matched"] + stats["missed_gt"] == stats["gt_boxes"]
     assert "| retinanet |" in (repo / "metrics/summary.md").read_text()
-    plots = _run([BIN / "dvc", "plots", "show", "--json"], repo).stdout
+    plots = run([BIN / "dvc", "plots", "show", "--json"], repo).stdout
     assert "metrics/detector/faster_rcnn/history.csv" in plots
 
 
 def test_nothing_to_do_after_repro(pipeline):
     repo, _ = pipeline
-    assert "up to date" in _run([BIN / "dvc", "status"], repo).stdout
-    again = _run([BIN / "dvc", "repro"], repo).stdout
+    assert "up to date" in run([BIN / "dvc", "status"], repo).stdout
+    again = run([BIN / "dvc", "repro"], repo).stdout
     assert "Running stage" not in again
 
 
@@ -160,11 +130,11 @@ def test_editing_one_variant_reruns_only_its_cells(pipeline):
     params = deep_merge(repo_params(), TINY)
     params["recognizer"]["variants"]["baseline"] = {"lr": 0.0005}
     write_params(repo / "params.yaml", params)
-    status = _run([BIN / "dvc", "status"], repo).stdout
+    status = run([BIN / "dvc", "status"], repo).stdout
     changed = set(re.findall(r"^(\S+):\s*$", status, flags=re.M))
     # evaluate reads recognizer.variants (a removed variant must leave the report), so it is dirty too
     assert changed == {"train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate"}, status
-    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    rerun = run([BIN / "dvc", "repro"], repo).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", rerun))
     assert ran == {"train_recognizer@baseline-0", "train_recognizer@baseline-1", "evaluate", "package"}
 
@@ -174,7 +144,7 @@ def test_editing_one_detector_reruns_only_its_cell(pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["detector"]["variants"]["retinanet"]["lr"] = 0.005
     write_params(repo / "params.yaml", params)
-    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    rerun = run([BIN / "dvc", "repro"], repo).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", rerun))
     assert {stage for stage in ran if stage.startswith("train_detector@")} == {"train_detector@retinanet"}
     assert {"crop", "evaluate"} <= ran  # the best detector may have changed
@@ -187,7 +157,7 @@ def test_adding_a_variant_runs_only_its_cells(pipeline):
         "optimizer": "ranger", "loss": {"multi_similarity": 1.0}, "schedule": "warmup_cosine"
     }
     write_params(repo / "params.yaml", params)
-    rerun = _run([BIN / "dvc", "repro"], repo).stdout
+    rerun = run([BIN / "dvc", "repro"], repo).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", rerun))
     assert ran == {"train_recognizer@ranger_ms_cosine-0", "train_recognizer@ranger_ms_cosine-1", "evaluate", "package"}
     summary = json.loads((repo / "metrics/summary.json").read_text())
@@ -199,7 +169,7 @@ def test_bad_params_fail_the_stage_with_one_line(pipeline):
     params = deep_merge(repo_params(), TINY)
     params["recognizer"]["variants"]["triplet"] = {"loss": {"triplet": 1.0}, "optimizer": "lion"}
     write_params(repo / "params.yaml", params)
-    result = _run([BIN / "dvc", "repro"], repo, check=False)
+    result = run([BIN / "dvc", "repro"], repo, check=False)
     assert result.returncode != 0
     assert "recognizer.variants.triplet.optimizer: unknown optimizer 'lion'" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
@@ -272,7 +242,7 @@ def test_predict_command_names_bad_files_and_goes_on(pipeline, tmp_path):
     shutil.copy(sorted((repo / "data/prepared/images/test").iterdir())[0], folder / "other.jpg")
     (folder / "corrupt.jpg").write_bytes(path.read_bytes()[:2000])
     (folder / "notes.txt").write_text("shelf 3, aisle 7\n")
-    result = _run([BIN / "skulab", "predict", str(folder), "--out", str(tmp_path / "results.jsonl"), "--draw", str(tmp_path / "drawn")], repo, check=False)
+    result = run([BIN / "skulab", "predict", str(folder), "--out", str(tmp_path / "results.jsonl"), "--draw", str(tmp_path / "drawn")], repo, check=False)
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert any(line.startswith(f"error: {folder / 'corrupt.jpg'}: corrupt or truncated image") for line in errors), errors
@@ -285,49 +255,7 @@ def test_predict_command_names_bad_files_and_goes_on(pipeline, tmp_path):
         assert (tmp_path / "drawn" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Processes still running in a process group (from /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # after the command: state, ppid, pgrp (a zombie has ended)
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _stop(server: subprocess.Popen) -> None:
-    import signal
-    import time
-
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            server.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + wait
-        while _group_members(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not _group_members(server.pid):
-            return
-
-
 def test_served_endpoint_answers_and_leaves_no_process(pipeline, tmp_path):
-    import time
     import urllib.error
     import urllib.request
 
@@ -336,7 +264,7 @@ def test_served_endpoint_answers_and_leaves_no_process(pipeline, tmp_path):
     repo, _ = pipeline
     _registry(repo)
     path, crops, _, _ = _test_image_with_products(repo)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     command = [BIN / "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
@@ -344,25 +272,15 @@ def test_served_endpoint_answers_and_leaves_no_process(pipeline, tmp_path):
     server = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server not up:\n" + (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(1)
+        wait_for_http(f"{url}/ping", server, tmp_path / "serve.log")
         body = {"dataframe_records": [{"image": base64.b64encode(path.read_bytes()).decode()}, {"image": base64.b64encode(b"not an image").decode()}]}
         request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     finally:
-        _stop(server)
+        stop_group(server)
         log.close()
-    assert _group_members(server.pid) == []  # the server and its uvicorn worker are gone
+    assert group_members(server.pid) == []  # the server and its uvicorn worker are gone
     served, bad = answer["predictions"]
     assert bad["error"].startswith("not an image") and bad["products"] == []
     local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(pd.DataFrame({"image": [body["dataframe_records"][0]["image"]]}))[0]
@@ -382,7 +300,7 @@ def test_second_package_moves_the_alias_and_keeps_the_old_version(pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["package"]["detector"] = "none"
     write_params(repo / "params.yaml", params)
-    _run([BIN / "python", "stages/package.py"], repo)  # the stage reads only mlflow, detector, crop and package
+    run([BIN / "python", "stages/package.py"], repo)  # the stage reads only mlflow, detector, crop and package
     after = client.get_model_version_by_alias(MODEL, "champion")
     assert int(after.version) == before + 1
     path, crops, _, cell = _test_image_with_products(repo)

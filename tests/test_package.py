@@ -50,6 +50,39 @@ def test_package_params_errors_name_the_key(tmp_path, override, expected):
     assert expected in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("package_detector, crop_detector, threshold, refused", [
+    ("faster_rcnn", "best", "auto", True),  # best is cascade_rcnn: its auto threshold is not faster_rcnn's
+    ("best", "none", "auto", True),  # no threshold was chosen on any detector's boxes
+    ("best", "best", "auto", False),
+    ("cascade_rcnn", "cascade_rcnn", "auto", False),
+    ("faster_rcnn", "best", 0.5, False),  # a fixed threshold is the same for every detector
+    ("none", "best", "auto", False),
+])
+def test_package_refuses_an_auto_threshold_chosen_for_another_detector(tmp_path, monkeypatch, package_detector, crop_detector, threshold, refused):
+    from skulab.serving.build import Parts
+
+    overrides = {"package": {"detector": package_detector}, "crop": {"detector": crop_detector, "score_threshold": threshold}}
+    params = load_params(write_params(tmp_path / "params.yaml", deep_merge(repo_params(), overrides)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/card.json").write_text(json.dumps({"task": "detection"}))
+    cropped_with = "none" if crop_detector == "none" else "cascade_rcnn"
+    stats = {"dataset_hash": "h", "stored_size": 74, "test_detector": cropped_with}
+    (tmp_path / "data/crops").mkdir(parents=True)
+    (tmp_path / "data/crops/stats.json").write_text(json.dumps(stats))
+    for name, mAP in (("faster_rcnn", 0.5), ("cascade_rcnn", 0.7), ("retinanet", 0.2), ("fcos", 0.3)):
+        (tmp_path / "metrics/detector" / name).mkdir(parents=True)
+        (tmp_path / "metrics/detector" / name / "final.json").write_text(json.dumps({"val_bbox_mAP": mAP}))
+    with pytest.raises(SkulabError) as exc:
+        Parts(params)
+    message = str(exc.value)
+    if refused:
+        assert message.startswith(f"package.detector: {package_detector} packages ") and "crop.score_threshold: auto" in message
+        assert "\n" not in message
+    else:  # past the check: the next thing missing is a trained cell's files
+        assert "missing; run" in message and "package.detector" not in message
+
+
 def test_requirements_are_pinned_from_the_lock_file():
     requirements = pinned_requirements(REPO / "requirements.lock")
     lock = {line.strip() for line in open(REPO / "requirements.lock") if "==" in line}

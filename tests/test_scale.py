@@ -12,14 +12,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -27,37 +23,25 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+import checkout
+from checkout import BIN, commit_all, env_in, free_port, new_repo, stop_group, wait_for_http
 from conftest import REPO, TINY, deep_merge, repo_params, write_params
 from skulab.serving.pyfunc import request_frame
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
 CELLS = [f"train_recognizer@{variant}-{seed}" for variant in ("baseline", "triplet") for seed in (0, 1)]
 SCALE = deep_merge(TINY, {"crop": {"detector": "none"}})  # no detector stages: test crops are ground truth
 RUN_ONLY = {"run_id", "train_seconds"}  # final.json keys that differ between two runs of one cell
-GITIGNORE = "mlflow.db\n.mlflow.lock\nmlartifacts/\n"
 
 
 def _env(cwd: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(cwd / "src")  # run the copied code, as DVC hashes it
     # One torch thread per process: twice as fast on 2 cores, and the sequential and the parallel runs
     # must use the same thread count to give the same numbers (README "Scaling up").
-    env["OMP_NUM_THREADS"] = "1"
-    return env | extra
+    return env_in(cwd, OMP_NUM_THREADS="1", **extra)
 
 
 def _run(args, cwd: Path, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(cwd, **extra), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def _git_commit(repo: Path, message: str) -> None:
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+    return checkout.run(args, cwd, check, **{"OMP_NUM_THREADS": "1", **extra})
 
 
 DETECTOR_DEPS = ("data/detections", "metrics/detector", "models/detector")
@@ -78,24 +62,10 @@ def _copy(source: Path, target: Path) -> Path:
     return target
 
 
-def _new_repo(repo: Path, params: dict) -> Path:
-    repo.mkdir(parents=True)
-    for name in ("stages", "src", "configs"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(REPO / "data/raw", repo / "data/raw")  # prepare's (empty) external-data dependency
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(_pipeline(), sort_keys=False))
-    write_params(repo / "params.yaml", deep_merge(repo_params(), params))
-    (repo / ".gitignore").write_text(GITIGNORE)
-    _run(["git", "init", "-q"], repo)
-    _run([BIN / "dvc", "init", "-q"], repo)
-    _git_commit(repo, "init")
-    return repo
-
-
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Path:
     """A committed tiny repo on which nothing has run yet."""
-    return _new_repo(tmp_path_factory.mktemp("scale") / "fresh", SCALE)
+    return new_repo(tmp_path_factory.mktemp("scale") / "fresh", deep_merge(repo_params(), SCALE), _pipeline())
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +73,7 @@ def cropped(fresh, tmp_path_factory) -> Path:
     """The tiny repo with prepare and crop run and committed: only the 4 recognizer cells are dirty."""
     repo = _copy(fresh, tmp_path_factory.mktemp("scale") / "cropped")
     _run([BIN / "dvc", "repro", "crop"], repo)
-    _git_commit(repo, "crops")
+    commit_all(repo, "crops")
     return repo
 
 
@@ -115,7 +85,7 @@ def sequential(cropped, tmp_path_factory) -> tuple[Path, float]:
     out = _run([BIN / "dvc", "repro"], repo).stdout
     elapsed = time.monotonic() - started
     assert set(re.findall(r"Running stage '([^']+)'", out)) == set(CELLS)
-    _git_commit(repo, "cells")
+    commit_all(repo, "cells")
     return repo, elapsed
 
 
@@ -280,31 +250,6 @@ def test_concurrent_writers_lose_nothing_on_the_sqlite_store(tmp_path):
 # --- 3. a PostgreSQL-backed tracking server ------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-
-
 def _cluster_online() -> bool:
     lines = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines()
     return bool(lines) and lines[0].split()[3] == "online"
@@ -324,9 +269,8 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["recognizer"]["variants"] = {"baseline": {}}  # 2 cells are enough here
     params["detector"]["variants"] = {}  # recognition only: no detector stages in this pipeline
-    shutil.copy(REPO / "requirements.lock", repo)  # the package stage pins the model's requirements from it
     write_params(repo / "params.yaml", params)
-    port, database = _free_port(), f"skulab_test_{os.getpid()}"
+    port, database = free_port(), f"skulab_test_{os.getpid()}"
     was_online = _cluster_online()
     env = _env(REPO, SKULAB_SERVER_PORT=str(port), SKULAB_PG_DB=database, SKULAB_ARTIFACTS=str(tmp_path / "served-artifacts"),
                SKULAB_SERVER_WORKERS="1", MLFLOW=str(BIN / "mlflow"))
@@ -335,17 +279,7 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server not up:\n" + (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(1)
+        wait_for_http(f"{uri}/health", server, tmp_path / "server.log")
         assert f"export MLFLOW_TRACKING_URI={uri}" in (tmp_path / "server.log").read_text()
         # The only change: MLFLOW_TRACKING_URI. Every stage runs, evaluate and package (the registry) included.
         ran = _run([BIN / "dvc", "repro"], repo, MLFLOW_TRACKING_URI=uri).stdout
@@ -379,7 +313,7 @@ def test_tracking_server_takes_every_stage_and_the_registry(fresh, tmp_path):
         [answer] = model.predict(request_frame([example.read_bytes()]))
         assert answer["error"] is None and answer["products"][0]["sku"]
     finally:
-        _stop_group(server)
+        stop_group(server, grace=60)
         log.close()
         _as_postgres("psql", "-X", "-q", "-c", f"DROP DATABASE IF EXISTS {database}")
         if not was_online:  # leave PostgreSQL as the test found it
@@ -395,7 +329,7 @@ def test_a_fresh_clone_pulls_the_cells_and_trains_nothing(sequential, tmp_path):
     source = _copy(seq_repo, tmp_path / "source")
     remote = tmp_path / "remote"
     _run([BIN / "dvc", "remote", "add", "-d", "store", remote], source)
-    _git_commit(source, "remote")
+    commit_all(source, "remote")
     pushed = _run([BIN / "dvc", "push", "--run-cache"], source)
     assert remote.is_dir() and any(remote.rglob("*")), pushed.stdout
     clone = tmp_path / "clone"

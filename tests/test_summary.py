@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from conftest import REPO, repo_params, write_params
-from skulab import stats
+from skulab import axes, stats
 from skulab.errors import SkulabError
 from skulab.params import load_params
 from skulab.summary import (
-    DETECTOR_COLUMNS, axis_groups, axis_of, differing_keys, load_cells, load_detectors, load_histories, summarize,
+    CELL_WIDE_KEYS, DETECTOR_COLUMNS, axis_groups, axis_of, differing_keys, load_cells, load_detectors, load_histories, summarize,
 )
 
 OVERRIDES = {"fast": {"lr": 0.1}, "metric": {"loss": {"triplet": 1.0}}, "stale": {"lr": 0.5}}
@@ -166,6 +166,20 @@ def test_axes_group_variants_by_what_they_change_from_the_baseline():
     assert differing_keys({"lr": 0.001, "augment": "none"}, {"lr": 0.001}) == ["augment"]
     variants = {"b": {"axis": "other"}, "x": {"axis": "loss"}, "y": {"axis": "mixed"}, "z": {"axis": "loss"}}
     assert axis_groups(variants, "b") == {"loss": ["b", "x", "z"], "mixed": ["b", "y"]}
+
+
+def test_the_report_files_every_key_a_method_reads_under_its_axis():
+    for axis in (a for a in axes.AXES.values() if a.section == "recognizer"):
+        assert axis_of([axis.key]) == axis.label
+        for entry in axis.entries.values():
+            for key in entry.reads - CELL_WIDE_KEYS:
+                assert axis_of([key]) == axis.label, (axis.name, entry.name, key)
+
+
+def test_a_newly_registered_methods_keys_join_its_axis(monkeypatch):
+    assert axis_of(["mlp_hidden"]) == "other"
+    monkeypatch.setitem(axes.HEADS, "mlp", axes.Entry("mlp", frozenset({"mlp_hidden"}), "two linear layers"))
+    assert axis_of(["mlp_hidden"]) == "head" and axis_of(["mlp_hidden", "embedding_dim"]) == "head"
 
 
 def test_detectors_are_listed_best_first(tmp_path):

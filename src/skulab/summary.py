@@ -9,7 +9,7 @@ end-to-end shelf metrics join them. Statistics come from `skulab.stats`, shelf m
 
 from pathlib import Path
 
-from skulab import shelf, stats
+from skulab import axes, shelf, stats
 from skulab.detection import SELECT_METRIC
 from skulab.data.coco import load_split
 from skulab.errors import SkulabError
@@ -30,17 +30,27 @@ DETECTOR_RANK_BY = SELECT_METRIC  # detectors are ranked by what picks them
 DETECTOR_COLUMNS = (DETECTOR_RANK_BY, "test_bbox_mAP", "test_bbox_mAP_50", "test_bbox_mAP_75", "test_bbox_AR_100", "seconds_per_iter", "train_seconds")
 SHELF_METRICS = ("mAP", "mAP50", "count_accuracy")
 
-# Which ablation axis each recognizer key belongs to (README, "The recognizer grid"). A key in none
-# of them counts as "other"; a variant changing keys of two axes is "mixed".
-AXES = {
-    "optimizer": ("optimizer", "lr", "weight_decay", "betas", "momentum", "lookahead_k", "lookahead_alpha", "decay_norm_and_bias"),
-    "loss": ("loss", "label_smoothing", "triplet_margin", "triplet_soft_margin", "ms_alpha", "ms_beta", "ms_base", "ms_miner_epsilon", "sampler_k"),
-    "schedule": ("schedule", "warmup_epochs", "warmup_method", "warmup_factor", "milestones", "gamma", "end_lr_factor"),
-    "augmentation": ("augment",),
-    "backbone": ("backbone", "pretrained"),
-    "head": ("head", "embedding_dim"),
-}
-AXIS_ORDER = (*AXES, "other", "mixed")
+# Keys an axis's methods read that set the whole cell rather than that axis (the augmentations read
+# image_size, the input resolution): a variant changing one is "other" in the report.
+CELL_WIDE_KEYS = frozenset({"image_size"})
+
+
+def axis_keys() -> dict[str, frozenset[str]]:
+    """Which ablation axis each recognizer key belongs to (README, "The recognizer grid"): the key
+    choosing the axis's method and every key its methods read, from the records in axes.py (read at
+    call time, so a newly registered method's keys follow). A key in none of them counts as "other";
+    a variant changing keys of two axes is "mixed"."""
+    return {
+        axis.label: frozenset({axis.key}.union(*(entry.reads for entry in axis.entries.values()))) - CELL_WIDE_KEYS
+        for axis in axes.AXES.values()
+        if axis.section == "recognizer"
+    }
+
+
+def axis_order() -> tuple[str, ...]:
+    return (*axis_keys(), "other", "mixed")
+
+
 _UNSET = object()
 
 
@@ -155,10 +165,11 @@ def differing_keys(overrides: dict, baseline_overrides: dict) -> list[str]:
 
 
 def axis_of(keys: list[str]) -> str:
-    axes = {next((axis for axis, members in AXES.items() if key in members), "other") for key in keys}
-    if len(axes) > 1:
+    members = axis_keys()
+    found = {next((axis for axis, keys_of_axis in members.items() if key in keys_of_axis), "other") for key in keys}
+    if len(found) > 1:
         return "mixed"
-    return axes.pop() if axes else "other"
+    return found.pop() if found else "other"
 
 
 def compare(variant: dict[int, float], baseline: dict[int, float], alpha: float) -> dict | None:
@@ -216,7 +227,7 @@ def best_seed(by_seed: dict[int, dict], rank_by: str) -> int:
 def axis_groups(variants: dict[str, dict], baseline: str) -> dict[str, list[str]]:
     """Axis -> its variants, baseline first; only axes some variant changes."""
     groups = {}
-    for axis in AXIS_ORDER:
+    for axis in axis_order():
         members = sorted(name for name, entry in variants.items() if name != baseline and entry["axis"] == axis)
         if members:
             groups[axis] = [baseline, *members]

@@ -146,6 +146,14 @@ class Parts:
             detector = None
         else:
             detector = choose_detector(package.detector, list(params.detector.variants), DETECTOR_METRICS)
+        cropped_with = self.stats.get("test_detector", "none")
+        if detector is not None and params.crop.score_threshold == "auto" and detector != cropped_with:
+            # The model would keep the boxes of one detector above a threshold chosen for another's scores.
+            raise SkulabError(
+                f"package.detector: {package.detector} packages {detector}, but crop.score_threshold: auto was chosen on "
+                f"the val boxes of {cropped_with} (crop.detector: {params.crop.detector}); give package.detector and "
+                "crop.detector the same detector, or crop.score_threshold a number"
+            )
         self.detector = detector
         if detector is not None:
             self.detector_config = params.detector.resolve(detector)
