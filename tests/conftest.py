@@ -1,7 +1,13 @@
 """Shared fixtures: the repo's own params.yaml shrunk to test size, and a tiny prepared dataset."""
 
 import copy
+import os
 from pathlib import Path
+
+# pytest-xdist runs a test process per core, and many tests start training processes of their own:
+# cores are shared, and OpenMP's default spinning wait makes each process several times slower
+# (metrics/bench/omp_wait.md). Set before anything loads torch (and libgomp); inherited by subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import yaml

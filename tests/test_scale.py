@@ -369,3 +369,15 @@ def test_grid_starts_the_queue_workers_again_when_they_stop_with_cells_queued(mo
     with pytest.raises(cli.SkulabError, match="1 grid experiments queued and no worker"):
         cli.wait_for_queue(Path("."), ["a", "b"], jobs=2)
     assert len(started) == cli.WORKER_RESTARTS
+
+
+def test_cells_sharing_the_cores_wait_passively_and_one_cell_alone_does_not(monkeypatch):
+    from skulab import cli
+
+    assert cli.shared_core_env(1, {}) == {}  # one cell at a time: OpenMP's default (fastest alone)
+    assert cli.shared_core_env(2, {}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert cli.shared_core_env(4, {"OMP_WAIT_POLICY": "ACTIVE"}) == {}  # the user's own setting wins
+    # and importing skulab leaves the policy alone (a plain `dvc repro` cell keeps OpenMP's default)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, skulab, skulab.cli, skulab.tracking; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "None"

@@ -53,6 +53,14 @@ def _bin_env() -> dict[str, str]:
     return env
 
 
+def shared_core_env(jobs: int, environ: dict[str, str]) -> dict[str, str]:
+    """What the queue's workers (and so the cells) get added to their environment when `jobs` cells
+    share the machine's cores: OpenMP threads that sleep when idle. Its default spinning wait is the
+    fastest for one process alone and several times slower for processes sharing cores
+    (metrics/bench/omp_wait.md); it changes no result. A user's own OMP_WAIT_POLICY wins."""
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in environ else {}
+
+
 def _dvc(root: Path, *args: str) -> str:
     """Run dvc in `root`; its stdout. Output goes through a file, not a pipe: `dvc queue start` leaves
     workers running that inherit it, and a pipe would only close when they exit."""
@@ -218,9 +226,13 @@ def run_grid(jobs: int, patterns: list[str]) -> int:
     if busy:
         raise SkulabError(f"the DVC queue already holds {len(busy)} unfinished experiments ({', '.join(busy[:3])}...); "
                           "wait for them or `dvc queue remove --queued` (see `dvc queue status`)")
+    shared = shared_core_env(jobs, os.environ)
+    os.environ.update(shared)  # for `dvc queue start` below, whose workers run the cells
     stamp = time.strftime("%m%d-%H%M%S")
     names = {cell: f"{cell.split('@', 1)[1]}-{stamp}" for cell in cells}
     print(f"grid: {len(cells)} dirty recognizer cells, {jobs} at a time: {', '.join(cells)}", flush=True)
+    if shared:
+        print("grid: the cells share the cores: OMP_WAIT_POLICY=PASSIVE for them (results unchanged; set it to override)", flush=True)
     queue_cells(root, names)
     print(f"  dvc queue start --jobs {jobs}", flush=True)
     started = time.monotonic()
