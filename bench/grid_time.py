@@ -84,6 +84,9 @@ def main() -> None:
 
     from fnmatch import fnmatchcase
 
+    from skulab.cli import select_cells
+    from skulab.params import load_params
+
     results, reference = {}, {}
     for index, mode in enumerate(args.modes):
         command, extra, _ = MODES[mode]
@@ -93,11 +96,10 @@ def main() -> None:
         full = [BIN / command[0], *command[1:]]
         if command[0] == "skulab":
             full += args.cells
-        elif args.cells:
-            params = subprocess.run([BIN / "python", "-c", "import yaml,sys; p=yaml.safe_load(open('params.yaml'))['recognizer'];"
-                                     "print(' '.join(f'{v}-{s}' for v in p['variants'] for s in p['seeds']))"],
-                                    cwd=repo, env=env, capture_output=True, text=True, check=True).stdout.split()
-            full = full[:-1] + [f"train_recognizer@{cell}" for cell in params if any(fnmatchcase(cell, p) for p in args.cells)]
+        elif args.cells:  # dvc repro takes the matching cells by name, as skulab grid selects them
+            recognizer = load_params(repo / "params.yaml", sections=("recognizer",)).recognizer
+            every = [f"train_recognizer@{variant}-{seed}" for variant in recognizer.variants for seed in recognizer.seeds]
+            full = full[:-1] + select_cells(every, args.cells)
         print(f"grid_time: {mode}: {' '.join(map(str, [*(f'{k}={v}' for k, v in extra.items()), *command[:1], *full[1:]]))}", flush=True)
         log.write(f"\n===== {mode} =====\n")
         log.flush()
